@@ -1,0 +1,214 @@
+package orderstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/uptrace/bun"
+
+	"github.com/omsdev/oms/pkg/order"
+)
+
+// fieldColumns maps each top-level field of the Order resource to the
+// columns it is read from, so a partial read selects only those. line_items
+// lives in its own table and is loaded only when asked for.
+var fieldColumns = map[string][]string{
+	"name":             {"id"},
+	"id":               {"id"},
+	"customer_id":      {"customer_id"},
+	"state":            {"state"},
+	"line_items":       {},
+	"currency_code":    {"currency_code"},
+	"subtotal_minor":   {"subtotal_minor"},
+	"total_minor":      {"total_minor"},
+	"shipping_address": {"shipping_address"},
+	"payment":          {"payment_reference", "payment_amount_minor", "pay_time"},
+	"shipment":         {"carrier", "tracking_number", "ship_time", "deliver_time"},
+	"cancellation":     {"cancel_reason", "cancel_time", "refund_due"},
+	"version":          {"version"},
+	"create_time":      {"create_time"},
+	"update_time":      {"update_time"},
+	"rejection_reason": {"rejection_reason"},
+}
+
+// KnownField reports whether field is a top-level Order field a read can
+// select.
+func KnownField(field string) bool {
+	_, ok := fieldColumns[field]
+	return ok
+}
+
+// columns returns the columns for fields (all when empty), plus extra, and
+// whether line items are wanted.
+func columns(fields []string, extra ...string) ([]string, bool, error) {
+	if len(fields) == 0 {
+		return nil, true, nil // bun selects every column of the model
+	}
+	cols := slices.Clone(extra)
+	lines := false
+	for _, f := range fields {
+		cs, ok := fieldColumns[f]
+		if !ok {
+			return nil, false, fmt.Errorf("unknown order field %q", f)
+		}
+		lines = lines || f == "line_items"
+		cols = append(cols, cs...)
+	}
+	slices.Sort(cols)
+	return slices.Compact(cols), lines, nil
+}
+
+// Get reads one order, selecting only the columns that fields need (every
+// field when fields is empty).
+func (s *Store) Get(ctx context.Context, id string, fields []string) (*order.Order, error) {
+	cols, wantLines, err := columns(fields)
+	if err != nil {
+		return nil, err
+	}
+	var row orderRow
+	q := s.db.NewSelect().Model(&row).Where("id = ?", id)
+	if cols != nil {
+		if len(cols) == 0 {
+			cols = []string{"id"} // only line_items: still prove the order exists
+		}
+		q = q.Column(cols...)
+	}
+	if err := q.Scan(ctx); errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	} else if err != nil {
+		return nil, fmt.Errorf("get order %s: %w", id, err)
+	}
+	o := row.toOrder()
+	if wantLines {
+		if err := s.loadLines(ctx, []*order.Order{&o}); err != nil {
+			return nil, err
+		}
+	}
+	return &o, nil
+}
+
+func (s *Store) loadLines(ctx context.Context, orders []*order.Order) error {
+	if len(orders) == 0 {
+		return nil
+	}
+	byID := make(map[string]*order.Order, len(orders))
+	ids := make([]string, len(orders))
+	for i, o := range orders {
+		byID[o.ID], ids[i] = o, o.ID
+		o.Lines = []order.LineItem{}
+	}
+	var rows []lineRow
+	err := s.db.NewSelect().Model(&rows).Where("order_id IN (?)", bun.In(ids)).
+		Order("order_id", "line_no").Scan(ctx)
+	if err != nil {
+		return fmt.Errorf("load line items: %w", err)
+	}
+	for _, r := range rows {
+		o := byID[r.OrderID]
+		o.Lines = append(o.Lines, order.LineItem{SKU: r.SKU, Name: r.Name, Quantity: r.Quantity, UnitPriceMinor: r.UnitPriceMinor})
+	}
+	return nil
+}
+
+// Cursor is a keyset position: the last order of the previous page.
+type Cursor struct {
+	CreateTime time.Time
+	ID         string
+}
+
+// TimeBound is one comparison on create_time: Op is <, <=, > or >=.
+type TimeBound struct {
+	Op   string
+	Time time.Time
+}
+
+// ListQuery selects a page of orders, newest first unless Ascending.
+type ListQuery struct {
+	State      order.State // StateUnspecified: any
+	CustomerID string      // empty: any
+	CreateTime []TimeBound
+	After      *Cursor
+	Ascending  bool
+	Limit      int
+	Fields     []string // as for Get
+}
+
+// List returns up to q.Limit orders ordered by (create_time, id), after
+// q.After. Keyset pagination: a page never repeats or skips an order that
+// existed when the first page was read, however many are inserted since.
+func (s *Store) List(ctx context.Context, q ListQuery) ([]*order.Order, error) {
+	cols, wantLines, err := columns(q.Fields, "id", "create_time")
+	if err != nil {
+		return nil, err
+	}
+	var rows []orderRow
+	sel := s.db.NewSelect().Model(&rows)
+	if cols != nil {
+		sel = sel.Column(cols...)
+	}
+	if q.State != order.StateUnspecified {
+		sel = sel.Where("state = ?", q.State.String())
+	}
+	if q.CustomerID != "" {
+		sel = sel.Where("customer_id = ?", q.CustomerID)
+	}
+	for _, b := range q.CreateTime {
+		switch b.Op {
+		case "<", "<=", ">", ">=":
+			sel = sel.Where("create_time "+b.Op+" ?", b.Time)
+		default:
+			return nil, fmt.Errorf("bad create_time operator %q", b.Op)
+		}
+	}
+	dir, cmp := "DESC", "<"
+	if q.Ascending {
+		dir, cmp = "ASC", ">"
+	}
+	if q.After != nil {
+		sel = sel.Where("(create_time, id) "+cmp+" (?, ?)", q.After.CreateTime, q.After.ID)
+	}
+	sel = sel.OrderExpr("create_time " + dir + ", id " + dir).Limit(int64(q.Limit))
+	if err := sel.Scan(ctx); err != nil {
+		return nil, fmt.Errorf("list orders: %w", err)
+	}
+	out := make([]*order.Order, len(rows))
+	for i := range rows {
+		o := rows[i].toOrder()
+		out[i] = &o
+	}
+	if wantLines {
+		if err := s.loadLines(ctx, out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// Events returns up to limit entries of an order's history with sequence
+// numbers above afterSeq, oldest first.
+func (s *Store) Events(ctx context.Context, orderID string, afterSeq int64, limit int) ([]order.Event, error) {
+	var rows []eventRow
+	err := s.db.NewSelect().Model(&rows).Where("order_id = ?", orderID).Where("seq > ?", afterSeq).
+		Order("seq").Limit(int64(limit)).Scan(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list events of %s: %w", orderID, err)
+	}
+	if len(rows) == 0 {
+		exists, err := s.db.NewSelect().Model((*orderRow)(nil)).Where("id = ?", orderID).Exists(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list events of %s: %w", orderID, err)
+		}
+		if !exists {
+			return nil, ErrNotFound
+		}
+	}
+	out := make([]order.Event, len(rows))
+	for i := range rows {
+		out[i] = rows[i].toEvent()
+	}
+	return out, nil
+}

@@ -1,0 +1,241 @@
+// Package orderstore keeps orders, their history and the idempotency
+// record in PostgreSQL through Bun.
+package orderstore
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
+	"github.com/uptrace/bun/driver/pgdriver"
+
+	"github.com/omsdev/oms/pkg/order"
+)
+
+var (
+	// ErrNotFound: no order has that id.
+	ErrNotFound = errors.New("order not found")
+	// ErrConflict: another transaction changed the order first (the version
+	// guard failed, or a concurrent create won). Retrying is safe.
+	ErrConflict = errors.New("order changed concurrently")
+)
+
+// Open connects to PostgreSQL. Options after the DSN override it, e.g.
+// pgdriver.WithConnParams for a search_path.
+func Open(dsn string, opts ...pgdriver.Option) *bun.DB {
+	opts = append([]pgdriver.Option{pgdriver.WithDSN(dsn)}, opts...)
+	sqldb := sql.OpenDB(pgdriver.NewConnector(opts...))
+	return bun.NewDB(sqldb, pgdialect.New())
+}
+
+// TxHook runs inside a command's transaction after the order and its event
+// are written; returning an error rolls everything back. The processor uses
+// it to write notifications to the outbox.
+type TxHook func(ctx context.Context, tx bun.Tx, r Result) error
+
+// Store reads and writes orders.
+type Store struct {
+	db   *bun.DB
+	hook TxHook
+	now  func() time.Time
+}
+
+// New returns a Store. hook may be nil.
+func New(db *bun.DB, hook TxHook) *Store {
+	return &Store{db: db, hook: hook, now: func() time.Time {
+		// PostgreSQL keeps microseconds; keyset cursors must compare equal.
+		return time.Now().UTC().Truncate(time.Microsecond)
+	}}
+}
+
+// DB exposes the handle for health checks and the outbox relay.
+func (s *Store) DB() *bun.DB { return s.db }
+
+// Outcome says what processing a command did.
+type Outcome string
+
+const (
+	Applied  Outcome = "applied"
+	Rejected Outcome = "rejected"
+	// Duplicate: the command id was processed before; nothing changed.
+	Duplicate Outcome = "duplicate"
+)
+
+// Result describes a processed command.
+type Result struct {
+	Outcome Outcome
+	// Order is the order after the command; nil for duplicates and for
+	// rejections of commands on orders that do not exist.
+	Order *order.Order
+	// Event is the history entry written; zero for duplicates.
+	Event order.Event
+	// Reason is why the command was rejected: for duplicates, the original
+	// reason.
+	Reason string
+	// Mismatch is set on a duplicate whose request differs from the one
+	// first processed under that id: a reused idempotency key.
+	Mismatch bool
+}
+
+// errDuplicate rolls back the transaction of a command already processed.
+var errDuplicate = errors.New("duplicate command")
+
+// Apply processes cmd exactly once, in one transaction: it claims the
+// command id, locks the order, runs the domain decision, writes the order
+// under a version guard, appends the history event and runs the hook.
+//
+// A business rejection is not an error: it is stored and reported as
+// Outcome Rejected. Errors are infrastructure failures, ErrConflict, or
+// ErrNotFound for a non-create command on an order that does not exist yet
+// (its create may still be on its way).
+func (s *Store) Apply(ctx context.Context, cmd order.Command) (res Result, err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("apply command %s (%s) to order %s: %w", cmd.ID, cmd.Kind(), cmd.OrderID, err)
+		}
+	}()
+	err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		var err error
+		res, err = s.apply(ctx, tx, cmd)
+		return err
+	})
+	if errors.Is(err, errDuplicate) {
+		return res, nil
+	}
+	return res, err
+}
+
+func (s *Store) apply(ctx context.Context, tx bun.Tx, cmd order.Command) (Result, error) {
+	now := s.now()
+	fp := cmd.Fingerprint()
+
+	// Claim the id first: a concurrent duplicate blocks here on the unique
+	// index until this transaction ends, then sees the row and stops.
+	claim := &commandRow{
+		CommandID: cmd.ID, OrderID: cmd.OrderID, Command: string(cmd.Kind()),
+		Outcome: string(Applied), Fingerprint: fp, ProcessedAt: now,
+	}
+	r, err := tx.NewInsert().Model(claim).On("CONFLICT (command_id) DO NOTHING").Exec(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("claim command: %w", err)
+	}
+	if n, _ := r.RowsAffected(); n == 0 {
+		return s.duplicate(ctx, tx, cmd.ID, fp)
+	}
+
+	cur, lastSeq, err := lockOrder(ctx, tx, cmd.OrderID)
+	if err != nil {
+		return Result{}, err
+	}
+	if cur == nil && cmd.Kind() != order.KindCreate {
+		return Result{}, ErrNotFound
+	}
+
+	d := order.Decide(cur, cmd, now)
+	seq := lastSeq + 1
+	switch {
+	case d.Order != nil && cur == nil:
+		err = insertOrder(ctx, tx, d.Order, seq)
+	case d.Order != nil:
+		err = updateOrder(ctx, tx, d.Order, cur.Version, seq)
+	default:
+		_, err = tx.NewUpdate().Table("orders").Set("last_event_seq = ?", seq).
+			Where("id = ?", cmd.OrderID).Exec(ctx)
+	}
+	if err != nil {
+		return Result{}, err
+	}
+
+	d.Event.OrderID, d.Event.Seq = cmd.OrderID, seq
+	if _, err := tx.NewInsert().Model(toEventRow(d.Event)).Exec(ctx); err != nil {
+		return Result{}, fmt.Errorf("append event: %w", err)
+	}
+
+	res := Result{Outcome: Applied, Order: d.Order, Event: d.Event}
+	if res.Order == nil {
+		res.Order = cur
+	}
+	if d.Err != nil {
+		res.Outcome, res.Reason = Rejected, d.Err.Error()
+		_, err := tx.NewUpdate().Model((*commandRow)(nil)).
+			Set("outcome = ?", string(Rejected)).Set("reason = ?", res.Reason).
+			Where("command_id = ?", cmd.ID).Exec(ctx)
+		if err != nil {
+			return Result{}, fmt.Errorf("record rejection: %w", err)
+		}
+	}
+	if s.hook != nil {
+		if err := s.hook(ctx, tx, res); err != nil {
+			return Result{}, fmt.Errorf("tx hook: %w", err)
+		}
+	}
+	return res, nil
+}
+
+func (s *Store) duplicate(ctx context.Context, tx bun.Tx, id string, fp []byte) (Result, error) {
+	var prev commandRow
+	if err := tx.NewSelect().Model(&prev).Where("command_id = ?", id).Scan(ctx); err != nil {
+		return Result{}, fmt.Errorf("load processed command: %w", err)
+	}
+	return Result{
+		Outcome:  Duplicate,
+		Reason:   prev.Reason,
+		Mismatch: !bytes.Equal(prev.Fingerprint, fp),
+	}, errDuplicate
+}
+
+// lockOrder loads the order FOR UPDATE; it returns nil when there is none.
+// Line items are not loaded: no transition changes them.
+func lockOrder(ctx context.Context, tx bun.Tx, id string) (*order.Order, int64, error) {
+	var row orderRow
+	err := tx.NewSelect().Model(&row).Where("id = ?", id).For("UPDATE").Scan(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("lock order: %w", err)
+	}
+	o := row.toOrder()
+	return &o, row.LastEventSeq, nil
+}
+
+func insertOrder(ctx context.Context, tx bun.Tx, o *order.Order, seq int64) error {
+	r, err := tx.NewInsert().Model(toRow(o, seq)).On("CONFLICT (id) DO NOTHING").Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("insert order: %w", err)
+	}
+	if n, _ := r.RowsAffected(); n == 0 {
+		return ErrConflict // a concurrent create of the same id committed first
+	}
+	if len(o.Lines) == 0 {
+		return nil
+	}
+	lines := make([]lineRow, len(o.Lines))
+	for i, l := range o.Lines {
+		lines[i] = lineRow{OrderID: o.ID, LineNo: i + 1, SKU: l.SKU, Name: l.Name, Quantity: l.Quantity, UnitPriceMinor: l.UnitPriceMinor}
+	}
+	if _, err := tx.NewInsert().Model(&lines).Exec(ctx); err != nil {
+		return fmt.Errorf("insert line items: %w", err)
+	}
+	return nil
+}
+
+// updateOrder writes the order only if it still has the version it was read
+// at. Lines and create_time never change after create.
+func updateOrder(ctx context.Context, tx bun.Tx, o *order.Order, fromVersion, seq int64) error {
+	r, err := tx.NewUpdate().Model(toRow(o, seq)).
+		ExcludeColumn("id", "customer_id", "currency_code", "subtotal_minor", "total_minor", "shipping_address", "create_time").
+		WherePK().Where("version = ?", fromVersion).Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("update order: %w", err)
+	}
+	if n, _ := r.RowsAffected(); n == 0 {
+		return ErrConflict
+	}
+	return nil
+}

@@ -1,0 +1,452 @@
+package orderstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+
+	"github.com/omsdev/oms/pkg/dbtest"
+	"github.com/omsdev/oms/pkg/order"
+	"github.com/omsdev/oms/pkg/orderstore"
+)
+
+func newStore(t *testing.T) *orderstore.Store {
+	t.Helper()
+	return orderstore.New(dbtest.New(t), nil)
+}
+
+func createCmd(orderID string) order.Command {
+	return order.Command{
+		ID: uuid.NewString(), OrderID: orderID, IssueTime: time.Now(),
+		Body: order.CreateOrder{CustomerID: "c-1", Currency: "USD", Lines: []order.LineItem{
+			{SKU: "SKU-1", Name: "Mug", Quantity: 2, UnitPriceMinor: 1200},
+			{SKU: "SKU-2", Name: "Tea", Quantity: 1, UnitPriceMinor: 550},
+		}},
+	}
+}
+
+func cmd(orderID string, body order.Body) order.Command {
+	return order.Command{ID: uuid.NewString(), OrderID: orderID, IssueTime: time.Now(), Body: body}
+}
+
+func mustApply(t *testing.T, s *orderstore.Store, c order.Command, want orderstore.Outcome) orderstore.Result {
+	t.Helper()
+	res, err := s.Apply(context.Background(), c)
+	if err != nil {
+		t.Fatalf("Apply(%s): %v", c.Kind(), err)
+	}
+	if res.Outcome != want {
+		t.Fatalf("Apply(%s) outcome = %s (%s), want %s", c.Kind(), res.Outcome, res.Reason, want)
+	}
+	return res
+}
+
+func events(t *testing.T, s *orderstore.Store, id string) []order.Event {
+	t.Helper()
+	evs, err := s.Events(context.Background(), id, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs
+}
+
+func TestMigrationsUpDownUp(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, _ := dbtest.NewUnmigrated(t)
+	tables := func() int {
+		n, err := db.NewSelect().TableExpr("information_schema.tables").
+			Where("table_schema = current_schema()").
+			Where("table_name IN (?)", bun.In([]string{"orders", "order_line_items", "order_events", "processed_commands", "watermill_outbox"})).
+			Count(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return int(n)
+	}
+	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 2 {
+		t.Fatalf("up: %d migrations, %v", n, err)
+	}
+	if got := tables(); got != 5 {
+		t.Fatalf("after up: %d tables, want 5", got)
+	}
+	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 0 {
+		t.Fatalf("second up: %d migrations, %v; want none", n, err)
+	}
+	if n, err := orderstore.Rollback(ctx, db); err != nil || n != 2 {
+		t.Fatalf("down: %d migrations, %v", n, err)
+	}
+	if got := tables(); got != 0 {
+		t.Fatalf("after down: %d tables, want 0", got)
+	}
+	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 2 {
+		t.Fatalf("up again: %d migrations, %v", n, err)
+	}
+	// The schema works after the round trip.
+	mustApply(t, orderstore.New(db, nil), createCmd(uuid.NewString()), orderstore.Applied)
+}
+
+func TestLifecycle(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	id := uuid.NewString()
+
+	res := mustApply(t, s, createCmd(id), orderstore.Applied)
+	if res.Order.Version != 1 || res.Order.TotalMinor != 2950 || res.Event.Seq != 1 {
+		t.Fatalf("after create: %+v, event %+v", res.Order, res.Event)
+	}
+	mustApply(t, s, cmd(id, order.PayOrder{Reference: "ch_1", AmountMinor: 2950}), orderstore.Applied)
+	mustApply(t, s, cmd(id, order.ShipOrder{Carrier: "UPS", TrackingNumber: "1Z"}), orderstore.Applied)
+	res = mustApply(t, s, cmd(id, order.DeliverOrder{}), orderstore.Applied)
+	if res.Order.State != order.StateDelivered || res.Order.Version != 4 {
+		t.Fatalf("after deliver: %+v", res.Order)
+	}
+
+	got, err := s.Get(ctx, id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != order.StateDelivered || got.Version != 4 || len(got.Lines) != 2 || got.Lines[1].SKU != "SKU-2" ||
+		got.Payment == nil || got.Payment.Reference != "ch_1" || got.Payment.AmountMinor != 2950 ||
+		got.Shipment == nil || got.Shipment.TrackingNumber != "1Z" || got.Shipment.DeliverTime.IsZero() ||
+		got.Cancellation != nil || got.CustomerID != "c-1" || got.Currency != "USD" {
+		t.Fatalf("stored order = %+v", got)
+	}
+	var types []order.EventType
+	for i, e := range events(t, s, id) {
+		types = append(types, e.Type)
+		if e.Seq != int64(i+1) || e.OrderVersion != int64(i+1) {
+			t.Errorf("event %d: seq %d version %d", i, e.Seq, e.OrderVersion)
+		}
+	}
+	want := []order.EventType{order.EventCreated, order.EventPaid, order.EventShipped, order.EventDelivered}
+	if fmt.Sprint(types) != fmt.Sprint(want) {
+		t.Errorf("history %v, want %v", types, want)
+	}
+}
+
+func TestGetSelectsOnlyMaskedFields(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	id := uuid.NewString()
+	mustApply(t, s, createCmd(id), orderstore.Applied)
+
+	got, err := s.Get(context.Background(), id, []string{"id", "state"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != id || got.State != order.StateCreated {
+		t.Fatalf("masked get = %+v", got)
+	}
+	if got.CustomerID != "" || got.Lines != nil || got.TotalMinor != 0 || got.Version != 0 || !got.CreateTime.IsZero() {
+		t.Errorf("masked get read unrequested columns: %+v", got)
+	}
+	got, err = s.Get(context.Background(), id, []string{"line_items"})
+	if err != nil || len(got.Lines) != 2 {
+		t.Fatalf("line_items only: %+v, %v", got, err)
+	}
+	if _, err := s.Get(context.Background(), id, []string{"password"}); err == nil {
+		t.Error("unknown field accepted")
+	}
+	if _, err := s.Get(context.Background(), uuid.NewString(), nil); !errors.Is(err, orderstore.ErrNotFound) {
+		t.Errorf("missing order: %v, want ErrNotFound", err)
+	}
+}
+
+// Fifty deliveries of one command, all at once, have exactly one effect.
+func TestSameCommandConcurrentlyHasOneEffect(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	id := uuid.NewString()
+	mustApply(t, s, createCmd(id), orderstore.Applied)
+	pay := cmd(id, order.PayOrder{Reference: "ch_1", AmountMinor: 2950})
+
+	const n = 50
+	outcomes := make(chan orderstore.Outcome, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			res, err := s.Apply(context.Background(), pay)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			outcomes <- res.Outcome
+		})
+	}
+	wg.Wait()
+	close(outcomes)
+	count := map[orderstore.Outcome]int{}
+	for o := range outcomes {
+		count[o]++
+	}
+	if count[orderstore.Applied] != 1 || count[orderstore.Duplicate] != n-1 {
+		t.Fatalf("outcomes %v, want 1 applied and %d duplicates", count, n-1)
+	}
+	got, _ := s.Get(context.Background(), id, nil)
+	if got.Version != 2 || got.State != order.StatePaid {
+		t.Errorf("order after 50 deliveries: state %s version %d", got.State, got.Version)
+	}
+	if evs := events(t, s, id); len(evs) != 2 {
+		t.Errorf("history has %d events, want 2", len(evs))
+	}
+}
+
+// A second command waits for the first one's lock and then applies to the
+// state the first one committed: versions 1, 2, 3 and no lost update.
+func TestRacingCommandsSerialize(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	ctx := context.Background()
+	id := uuid.NewString()
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	hook := func(ctx context.Context, tx bun.Tx, r orderstore.Result) error {
+		if r.Event.Command == order.KindPay {
+			close(entered)
+			<-release
+		}
+		return nil
+	}
+	s := orderstore.New(db, hook)
+	mustApply(t, s, createCmd(id), orderstore.Applied)
+
+	payDone := make(chan error, 1)
+	go func() {
+		_, err := s.Apply(ctx, cmd(id, order.PayOrder{Reference: "ch", AmountMinor: 2950}))
+		payDone <- err
+	}()
+	<-entered // pay holds the order's row lock and has not committed
+	cancelDone := make(chan orderstore.Result, 1)
+	go func() {
+		res, err := s.Apply(ctx, cmd(id, order.CancelOrder{Reason: "late"}))
+		if err != nil {
+			t.Error(err)
+		}
+		cancelDone <- res
+	}()
+	// Wait until cancel is blocked on that lock, so the two really overlap.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, err := db.NewSelect().TableExpr("pg_stat_activity").
+			Where("wait_event_type = 'Lock'").Where("query LIKE ?", "%"+id+"%").Count(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("cancel never waited for pay's lock")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(release)
+	if err := <-payDone; err != nil {
+		t.Fatal(err)
+	}
+	res := <-cancelDone
+	if res.Outcome != orderstore.Applied || res.Order.Version != 3 || !res.Order.Cancellation.RefundDue {
+		t.Fatalf("cancel after pay: %s %+v", res.Outcome, res.Order)
+	}
+	got, _ := s.Get(ctx, id, nil)
+	if got.Payment == nil || got.Cancellation == nil || got.Version != 3 {
+		t.Errorf("lost update: %+v", got)
+	}
+	for i, e := range events(t, s, id) {
+		if e.OrderVersion != int64(i+1) {
+			t.Errorf("event %d has version %d", i, e.OrderVersion)
+		}
+	}
+}
+
+// Unsynchronised races on many orders: every outcome must be explainable by
+// one of the two serial orders.
+func TestRacingCommandsAreSerializable(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	const orders = 20
+	var wg sync.WaitGroup
+	for range orders {
+		id := uuid.NewString()
+		mustApply(t, s, createCmd(id), orderstore.Applied)
+		wg.Go(func() {
+			var pay, cancel orderstore.Result
+			var inner sync.WaitGroup
+			inner.Go(func() { pay = applyRetrying(t, s, cmd(id, order.PayOrder{Reference: "r", AmountMinor: 2950})) })
+			inner.Go(func() { cancel = applyRetrying(t, s, cmd(id, order.CancelOrder{})) })
+			inner.Wait()
+			got, err := s.Get(ctx, id, nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			switch {
+			case pay.Outcome == orderstore.Applied && cancel.Outcome == orderstore.Applied:
+				if got.Version != 3 || !got.Cancellation.RefundDue || got.Payment == nil {
+					t.Errorf("pay then cancel left %+v", got)
+				}
+			case cancel.Outcome == orderstore.Applied && pay.Outcome == orderstore.Rejected:
+				if got.Version != 2 || got.Cancellation.RefundDue || got.Payment != nil {
+					t.Errorf("cancel then pay left %+v", got)
+				}
+			default:
+				t.Errorf("not serializable: pay %s, cancel %s, order %+v", pay.Outcome, cancel.Outcome, got)
+			}
+			if evs := events(t, s, id); len(evs) != 3 {
+				t.Errorf("history has %d events, want 3", len(evs))
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func applyRetrying(t *testing.T, s *orderstore.Store, c order.Command) orderstore.Result {
+	for attempt := 0; ; attempt++ {
+		res, err := s.Apply(context.Background(), c)
+		if err == nil {
+			return res
+		}
+		if !orderstore.Transient(err) || attempt == 10 {
+			t.Errorf("Apply: %v", err)
+			return res
+		}
+	}
+}
+
+func TestConcurrentCreatesOfOneOrder(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	id := uuid.NewString()
+	results := make([]orderstore.Result, 2)
+	var wg sync.WaitGroup
+	for i := range results {
+		wg.Go(func() { results[i] = applyRetrying(t, s, createCmd(id)) })
+	}
+	wg.Wait()
+	if results[0].Outcome == results[1].Outcome {
+		t.Fatalf("outcomes %s and %s, want one applied and one rejected", results[0].Outcome, results[1].Outcome)
+	}
+	for _, r := range results {
+		if r.Outcome == orderstore.Rejected && r.Event.Type != order.EventCommandRejected {
+			t.Errorf("second create recorded as %+v", r.Event)
+		}
+	}
+}
+
+func TestRejectedTransitionIsRecorded(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	id := uuid.NewString()
+	mustApply(t, s, createCmd(id), orderstore.Applied)
+	mustApply(t, s, cmd(id, order.CancelOrder{Reason: "oops"}), orderstore.Applied)
+
+	ship := cmd(id, order.ShipOrder{Carrier: "UPS", TrackingNumber: "1Z"})
+	res := mustApply(t, s, ship, orderstore.Rejected)
+	if res.Reason != "cannot ship an order in state CANCELLED" {
+		t.Errorf("reason = %q", res.Reason)
+	}
+	got, _ := s.Get(ctx, id, nil)
+	if got.State != order.StateCancelled || got.Version != 2 || got.Shipment != nil {
+		t.Errorf("rejected command changed the order: %+v", got)
+	}
+	evs := events(t, s, id)
+	last := evs[len(evs)-1]
+	if len(evs) != 3 || last.Type != order.EventCommandRejected || last.Reason != res.Reason ||
+		last.CommandID != ship.ID || last.From != order.StateCancelled || last.To != order.StateCancelled {
+		t.Errorf("history = %+v", evs)
+	}
+	var outcome, reason string
+	err := s.DB().NewSelect().Table("processed_commands").Column("outcome", "reason").
+		Where("command_id = ?", ship.ID).Scan(ctx, &outcome, &reason)
+	if err != nil || outcome != "rejected" || reason != res.Reason {
+		t.Errorf("processed_commands row: %q %q %v", outcome, reason, err)
+	}
+	// Redelivery of the rejected command is a duplicate carrying the reason.
+	dup := mustApply(t, s, ship, orderstore.Duplicate)
+	if dup.Reason != res.Reason || dup.Mismatch {
+		t.Errorf("duplicate = %+v", dup)
+	}
+	if n := len(events(t, s, id)); n != 3 {
+		t.Errorf("duplicate appended history: %d events", n)
+	}
+}
+
+func TestInvalidCreateBecomesRejectedOrder(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	id := uuid.NewString()
+	c := createCmd(id)
+	c.Body = order.CreateOrder{CustomerID: "c", Currency: "USD"} // no lines
+	res := mustApply(t, s, c, orderstore.Rejected)
+	got, err := s.Get(context.Background(), id, nil)
+	if err != nil || got.State != order.StateRejected || got.RejectionReason != res.Reason || len(got.Lines) != 0 {
+		t.Fatalf("stored %+v, %v", got, err)
+	}
+}
+
+func TestReusedKeyWithDifferentRequest(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	id := uuid.NewString()
+	mustApply(t, s, createCmd(id), orderstore.Applied)
+	pay := cmd(id, order.PayOrder{Reference: "a", AmountMinor: 2950})
+	mustApply(t, s, pay, orderstore.Applied)
+	pay.Body = order.PayOrder{Reference: "b", AmountMinor: 2950}
+	if res := mustApply(t, s, pay, orderstore.Duplicate); !res.Mismatch {
+		t.Error("a reused key with another request was not flagged")
+	}
+}
+
+func TestCommandOnMissingOrderChangesNothing(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	id := uuid.NewString()
+	pay := cmd(id, order.PayOrder{Reference: "a", AmountMinor: 1})
+	if _, err := s.Apply(context.Background(), pay); !errors.Is(err, orderstore.ErrNotFound) {
+		t.Fatalf("pay of a missing order: %v, want ErrNotFound", err)
+	}
+	// The claim rolled back, so the command can still apply once the create arrives.
+	mustApply(t, s, createCmd(id), orderstore.Applied)
+	mustApply(t, s, order.Command{ID: pay.ID, OrderID: id, Body: order.PayOrder{Reference: "a", AmountMinor: 2950}}, orderstore.Applied)
+}
+
+func TestHookErrorRollsBackEverything(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	boom := errors.New("outbox down")
+	s := orderstore.New(db, func(context.Context, bun.Tx, orderstore.Result) error { return boom })
+	c := createCmd(uuid.NewString())
+	if _, err := s.Apply(context.Background(), c); !errors.Is(err, boom) {
+		t.Fatalf("Apply = %v, want the hook's error", err)
+	}
+	for _, table := range []string{"orders", "order_line_items", "order_events", "processed_commands"} {
+		if n, err := db.NewSelect().Table(table).Count(context.Background()); err != nil || n != 0 {
+			t.Errorf("%s has %d rows after rollback (%v)", table, n, err)
+		}
+	}
+	mustApply(t, orderstore.New(db, nil), c, orderstore.Applied)
+}
+
+func TestEventsAreAppendOnly(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	id := uuid.NewString()
+	mustApply(t, s, createCmd(id), orderstore.Applied)
+	_, err := s.DB().NewUpdate().Table("order_events").Set("reason = 'x'").Where("order_id = ?", id).Exec(context.Background())
+	if err == nil {
+		t.Fatal("updating history succeeded")
+	}
+	if _, err := s.Events(context.Background(), uuid.NewString(), 0, 10); !errors.Is(err, orderstore.ErrNotFound) {
+		t.Errorf("events of a missing order: %v", err)
+	}
+}
