@@ -1,20 +1,112 @@
-// Command ingest is one of the OMS services; it is filled in by the pipeline work.
+// Command ingest accepts order commands over gRPC and HTTP/JSON, validates
+// them and enqueues them on the SQS FIFO command queue. It answers 202 only
+// for commands SQS has durably accepted.
 package main
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+
+	omsv1 "github.com/omsdev/oms/proto/oms/v1"
 
 	"github.com/omsdev/oms/pkg/config"
+	"github.com/omsdev/oms/pkg/logging"
+	"github.com/omsdev/oms/pkg/queue"
+	"github.com/omsdev/oms/pkg/serve"
 )
 
+type Config struct {
+	HTTPAddr, GRPCAddr string
+	Queue              queue.Config
+	Batch              queue.BatchConfig
+	EnqueueTimeout     time.Duration
+	MaxBodyBytes       int64
+	DrainTimeout       time.Duration
+	LogLevel           string
+}
+
+// LoadConfig reads the environment; see the README's configuration table.
+func LoadConfig(env *config.Env) (Config, error) {
+	c := Config{
+		HTTPAddr: env.Addr("HTTP_ADDR", "127.0.0.1:8080"),
+		GRPCAddr: env.Addr("GRPC_ADDR", "127.0.0.1:9090"),
+		Queue:    queue.Load(env),
+		Batch: queue.BatchConfig{
+			MaxEntries:  env.Int("INGEST_BATCH_MAX_ENTRIES", 10, 1, 10),
+			Linger:      env.Duration("INGEST_BATCH_LINGER", 5*time.Millisecond, 0, time.Second),
+			MaxInFlight: env.Int("INGEST_BATCH_MAX_IN_FLIGHT", 16, 1, 256),
+		},
+		EnqueueTimeout: env.Duration("INGEST_ENQUEUE_TIMEOUT", 5*time.Second, 100*time.Millisecond, time.Minute),
+		MaxBodyBytes:   int64(env.Int("MAX_BODY_BYTES", 1<<20, 1024, 64<<20)),
+		DrainTimeout:   env.Duration("DRAIN_TIMEOUT", 20*time.Second, 0, 10*time.Minute),
+		LogLevel:       env.String("LOG_LEVEL", "info"),
+	}
+	return c, env.Err()
+}
+
 func main() {
-	log := slog.New(slog.NewJSONHandler(os.Stdout, nil))
-	env := config.FromOS()
-	env.Addr("HTTP_ADDR", "127.0.0.1:8080")
-	if err := env.Err(); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cfg, err := LoadConfig(config.FromOS())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ingest:", err)
+		os.Exit(2)
+	}
+	log := logging.New(os.Stdout, "ingest", cfg.LogLevel)
+	if err := run(ctx, cfg, log); err != nil {
 		log.Error("ingest failed", "err", err)
 		os.Exit(1)
 	}
-	log.Info("ingest: configuration loaded; the service is not built yet")
+}
+
+func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	client, err := queue.NewClient(ctx, cfg.Queue)
+	if err != nil {
+		return err
+	}
+	urls, err := queue.EnsureQueues(ctx, client, cfg.Queue)
+	if err != nil {
+		return err
+	}
+	pub, err := queue.NewBatchPublisher(client, cfg.Queue.CommandQueue, urls.Command, cfg.Batch)
+	if err != nil {
+		return err
+	}
+	defer pub.Close() // after the server has drained: requests in flight still publish
+
+	svc := &commandService{pub: pub, queue: cfg.Queue.CommandQueue, timeout: cfg.EnqueueTimeout, log: log}
+	srv, err := serve.Listen(serve.API{
+		Name:     "ingest",
+		GRPCAddr: cfg.GRPCAddr,
+		HTTPAddr: cfg.HTTPAddr,
+		Register: func(s *grpc.Server) { omsv1.RegisterOrderCommandServiceServer(s, svc) },
+		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
+			return omsv1.RegisterOrderCommandServiceHandler(ctx, mux, conn)
+		},
+		GatewayOptions: []runtime.ServeMuxOption{runtime.WithForwardResponseOption(acceptedStatus)},
+		Ready: func(ctx context.Context) error {
+			_, err := client.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+				QueueUrl: aws.String(urls.Command), AttributeNames: []types.QueueAttributeName{types.QueueAttributeNameQueueArn},
+			})
+			return err
+		},
+		MaxBodyBytes: cfg.MaxBodyBytes,
+		DrainTimeout: cfg.DrainTimeout,
+		Log:          log,
+	})
+	if err != nil {
+		return err
+	}
+	return srv.Serve(ctx)
 }

@@ -1,39 +1,207 @@
-// Command processor applies order commands from the command queue to
-// PostgreSQL. "processor migrate [up|down]" manages the schema.
+// Command processor applies order commands from the SQS FIFO command queue
+// to PostgreSQL, one transaction per command, and relays notifications from
+// the outbox. "processor migrate [up|down]" manages the schema.
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/omsdev/oms/pkg/config"
+	"github.com/omsdev/oms/pkg/logging"
 	"github.com/omsdev/oms/pkg/orderstore"
+	"github.com/omsdev/oms/pkg/outbox"
+	"github.com/omsdev/oms/pkg/queue"
 )
 
 func main() {
-	log := slog.New(slog.NewJSONHandler(os.Stdout, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], log); err != nil {
+	cfg, err := LoadConfig(config.FromOS())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "processor:", err)
+		os.Exit(2)
+	}
+	log := logging.New(os.Stdout, "processor", cfg.LogLevel)
+	if len(os.Args) > 1 && os.Args[1] == "migrate" {
+		err = migrate(ctx, cfg.DatabaseURL, os.Args[2:], log)
+	} else {
+		err = run(ctx, cfg, log)
+	}
+	if err != nil {
 		log.Error("processor failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, args []string, log *slog.Logger) error {
-	env := config.FromOS()
-	dbURL := env.URL("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable", "postgres", "postgresql")
-	if err := env.Err(); err != nil {
+func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	db := orderstore.Open(cfg.DatabaseURL)
+	db.SetMaxOpenConns(cfg.DBMaxConns)
+	db.SetMaxIdleConns(cfg.DBMaxConns)
+	defer db.Close()
+
+	client, err := queue.NewClient(ctx, cfg.Queue)
+	if err != nil {
 		return err
 	}
-	if len(args) > 0 && args[0] == "migrate" {
-		return migrate(ctx, dbURL, args[1:], log)
+	urls, err := queue.EnsureQueues(ctx, client, cfg.Queue)
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("the command pipeline is not built yet; only \"migrate\" is available")
+	vt, err := queue.VisibilityTimeout(ctx, client, urls.Command)
+	if err != nil {
+		return fmt.Errorf("command queue: %w", err)
+	}
+	if worst := cfg.Retry.WorstCase(cfg.HandlerTimeout); worst >= vt {
+		return fmt.Errorf("retries can take %s but the command queue's visibility timeout is %s, so SQS would redeliver a message still being retried: lower PROCESSOR_RETRY_* or PROCESSOR_HANDLER_TIMEOUT, or raise the queue's VisibilityTimeout", worst, vt)
+	}
+
+	wlog := watermill.NewSlogLogger(log.With("component", "watermill"))
+	pub, err := queue.NewPublisher(ctx, cfg.Queue, wlog)
+	if err != nil {
+		return err
+	}
+	sub, err := queue.NewSubscriber(ctx, cfg.Queue, int32(cfg.ReceiveBatch), wlog)
+	if err != nil {
+		return err
+	}
+	commands := &gate{Subscriber: sub}
+	a := &applier{store: orderstore.New(db, notifier{queue: cfg.Queue.NotificationQueue}.write), log: log}
+
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.DrainTimeout}, wlog)
+	if err != nil {
+		return err
+	}
+	poison, err := middleware.PoisonQueueWithFilter(pub, cfg.Queue.DeadLetterQueue, permanent)
+	if err != nil {
+		return err
+	}
+	// Outermost first. Poison sees the final error; Recoverer turns a panic
+	// into an error (permanent) that the rest see.
+	router.AddMiddleware(
+		middleware.CorrelationID,
+		poison,
+		middleware.Retry{
+			MaxRetries:          cfg.Retry.MaxAttempts - 1,
+			InitialInterval:     cfg.Retry.InitialInterval,
+			Multiplier:          cfg.Retry.Multiplier,
+			MaxInterval:         cfg.Retry.MaxInterval,
+			RandomizationFactor: cfg.Retry.Jitter,
+			ResetContextOnRetry: true,
+			Logger:              wlog,
+		}.Middleware,
+		stopRetrying,
+		middleware.Timeout(cfg.HandlerTimeout),
+		middleware.Recoverer,
+	)
+	for i := range cfg.Subscriptions {
+		router.AddConsumerHandler(fmt.Sprintf("apply_command_%d", i), cfg.Queue.CommandQueue, commands, a.handle)
+	}
+
+	relay, err := outbox.NewRelay(db.DB, pub, outbox.RelayConfig{PollInterval: cfg.OutboxPollInterval, BatchSize: cfg.OutboxBatchSize}, wlog)
+	if err != nil {
+		return err
+	}
+
+	var draining atomic.Bool
+	ready := func(ctx context.Context) error {
+		if draining.Load() {
+			return errors.New("draining")
+		}
+		if err := db.PingContext(ctx); err != nil {
+			return fmt.Errorf("postgres: %w", err)
+		}
+		_, err := client.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+			QueueUrl: aws.String(urls.Command), AttributeNames: []types.QueueAttributeName{types.QueueAttributeNameQueueArn},
+		})
+		if err != nil {
+			return fmt.Errorf("sqs: %w", err)
+		}
+		return nil
+	}
+	health, err := listenHealth(cfg.HTTPAddr, ready, log)
+	if err != nil {
+		return err
+	}
+	defer health.Close()
+
+	// The router and relay run under their own context: a signal must not
+	// cancel commands in flight, the drain below decides when they stop.
+	rctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() { errc <- router.Run(rctx) }()
+	go func() { errc <- relay.Run(rctx) }()
+	log.Info("processing", "queue", cfg.Queue.CommandQueue, "subscriptions", cfg.Subscriptions,
+		"visibility_timeout", vt, "retry_worst_case", cfg.Retry.WorstCase(cfg.HandlerTimeout))
+
+	select {
+	case err := <-errc:
+		router.Close()
+		relay.Close()
+		return fmt.Errorf("router stopped: %w", err)
+	case <-ctx.Done():
+	}
+
+	log.Info("draining", "timeout", cfg.DrainTimeout)
+	draining.Store(true)
+	commands.Stop()
+	dctx, dcancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	defer dcancel()
+	if err := commands.Wait(dctx); err != nil {
+		log.Warn("drain deadline passed with commands in flight; they will be redelivered", "err", err)
+	}
+	// Let the subscriber delete the messages just acked before closing it
+	// cancels their requests; any it misses are redelivered and found
+	// already processed.
+	select {
+	case <-time.After(250 * time.Millisecond):
+	case <-dctx.Done():
+	}
+	rerr := router.Close()
+	ferr := relay.Close()
+	log.Info("stopped")
+	return errors.Join(rerr, ferr)
+}
+
+// listenHealth serves /healthz and /readyz for Kubernetes probes.
+func listenHealth(addr string, ready func(context.Context) error, log *slog.Logger) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("health listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := ready(ctx); err != nil {
+			log.Warn("not ready", "err", err)
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	return srv, nil
 }
 
 func migrate(ctx context.Context, dbURL string, args []string, log *slog.Logger) error {

@@ -1,20 +1,83 @@
-// Command query is one of the OMS services; it is filled in by the pipeline work.
+// Command query serves orders and their history over gRPC and HTTP/JSON.
 package main
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+
+	omsv1 "github.com/omsdev/oms/proto/oms/v1"
 
 	"github.com/omsdev/oms/pkg/config"
+	"github.com/omsdev/oms/pkg/logging"
+	"github.com/omsdev/oms/pkg/orderstore"
+	"github.com/omsdev/oms/pkg/serve"
 )
 
+type Config struct {
+	HTTPAddr, GRPCAddr string
+	DatabaseURL        string
+	DBMaxConns         int
+	DrainTimeout       time.Duration
+	LogLevel           string
+}
+
+// LoadConfig reads the environment; see the README's configuration table.
+func LoadConfig(env *config.Env) (Config, error) {
+	c := Config{
+		HTTPAddr:     env.Addr("HTTP_ADDR", "127.0.0.1:8081"),
+		GRPCAddr:     env.Addr("GRPC_ADDR", "127.0.0.1:9091"),
+		DatabaseURL:  env.URL("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable", "postgres", "postgresql"),
+		DBMaxConns:   env.Int("DB_MAX_CONNS", 16, 1, 1000),
+		DrainTimeout: env.Duration("DRAIN_TIMEOUT", 20*time.Second, 0, 10*time.Minute),
+		LogLevel:     env.String("LOG_LEVEL", "info"),
+	}
+	return c, env.Err()
+}
+
 func main() {
-	log := slog.New(slog.NewJSONHandler(os.Stdout, nil))
-	env := config.FromOS()
-	env.Addr("HTTP_ADDR", "127.0.0.1:8080")
-	if err := env.Err(); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cfg, err := LoadConfig(config.FromOS())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "query:", err)
+		os.Exit(2)
+	}
+	log := logging.New(os.Stdout, "query", cfg.LogLevel)
+	if err := run(ctx, cfg, log); err != nil {
 		log.Error("query failed", "err", err)
 		os.Exit(1)
 	}
-	log.Info("query: configuration loaded; the service is not built yet")
+}
+
+func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	db := orderstore.Open(cfg.DatabaseURL)
+	db.SetMaxOpenConns(cfg.DBMaxConns)
+	db.SetMaxIdleConns(cfg.DBMaxConns)
+	defer db.Close()
+	svc := &queryService{store: orderstore.New(db, nil)}
+	srv, err := serve.Listen(serve.API{
+		Name:     "query",
+		GRPCAddr: cfg.GRPCAddr,
+		HTTPAddr: cfg.HTTPAddr,
+		Register: func(s *grpc.Server) { omsv1.RegisterOrderQueryServiceServer(s, svc) },
+		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
+			return omsv1.RegisterOrderQueryServiceHandler(ctx, mux, conn)
+		},
+		Ready:        db.PingContext,
+		DrainTimeout: cfg.DrainTimeout,
+		MaxBodyBytes: 1 << 20,
+		Log:          log,
+	})
+	if err != nil {
+		return err
+	}
+	return srv.Serve(ctx)
 }

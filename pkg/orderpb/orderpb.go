@@ -1,0 +1,190 @@
+// Package orderpb converts between the order domain and the oms.v1 API.
+package orderpb
+
+import (
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	omsv1 "github.com/omsdev/oms/proto/oms/v1"
+
+	"github.com/omsdev/oms/pkg/order"
+)
+
+// Name is the resource name of an order.
+func Name(id string) string { return "orders/" + id }
+
+// ParseName returns the order id in "orders/{id}", in canonical form.
+func ParseName(name string) (string, error) {
+	const prefix = "orders/"
+	if len(name) <= len(prefix) || name[:len(prefix)] != prefix {
+		return "", fmt.Errorf("must look like orders/{order_id}, got %q", name)
+	}
+	return order.ParseID(name[len(prefix):])
+}
+
+// State converts a domain state; the enums share their numbering.
+func State(s order.State) omsv1.Order_State { return omsv1.Order_State(s) }
+
+// StateFromProto converts an API state.
+func StateFromProto(s omsv1.Order_State) order.State { return order.State(s) }
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+// Order converts an order for the API. Fields the store did not load are
+// zero and so are left unset.
+func Order(o *order.Order) *omsv1.Order {
+	p := &omsv1.Order{
+		Name: Name(o.ID), Id: o.ID, CustomerId: o.CustomerID, State: State(o.State),
+		CurrencyCode: o.Currency, SubtotalMinor: o.SubtotalMinor, TotalMinor: o.TotalMinor,
+		Version: o.Version, CreateTime: ts(o.CreateTime), UpdateTime: ts(o.UpdateTime),
+		RejectionReason: o.RejectionReason,
+	}
+	if o.ID == "" {
+		p.Name = ""
+	}
+	for _, l := range o.Lines {
+		p.LineItems = append(p.LineItems, &omsv1.LineItem{Sku: l.SKU, Name: l.Name, Quantity: l.Quantity, UnitPriceMinor: l.UnitPriceMinor})
+	}
+	if a := o.ShippingAddress; a != nil {
+		p.ShippingAddress = &omsv1.PostalAddress{
+			Recipient: a.Recipient, AddressLines: a.AddressLines, Locality: a.Locality,
+			AdministrativeArea: a.AdministrativeArea, PostalCode: a.PostalCode, RegionCode: a.RegionCode,
+		}
+	}
+	if x := o.Payment; x != nil {
+		p.Payment = &omsv1.Payment{Reference: x.Reference, AmountMinor: x.AmountMinor, PayTime: ts(x.PayTime)}
+	}
+	if x := o.Shipment; x != nil {
+		p.Shipment = &omsv1.Shipment{Carrier: x.Carrier, TrackingNumber: x.TrackingNumber, ShipTime: ts(x.ShipTime), DeliverTime: ts(x.DeliverTime)}
+	}
+	if x := o.Cancellation; x != nil {
+		p.Cancellation = &omsv1.Cancellation{Reason: x.Reason, CancelTime: ts(x.CancelTime), RefundDue: x.RefundDue}
+	}
+	return p
+}
+
+// Event converts a history entry for the API.
+func Event(e order.Event) *omsv1.OrderEvent {
+	payload, err := structpb.NewStruct(e.Payload)
+	if err != nil {
+		payload = nil // payloads are built from JSON-safe values; never expected
+	}
+	return &omsv1.OrderEvent{
+		Name:      fmt.Sprintf("orders/%s/events/%d", e.OrderID, e.Seq),
+		Sequence:  e.Seq,
+		Type:      string(e.Type),
+		FromState: State(e.From), ToState: State(e.To),
+		CommandId: e.CommandID, Command: string(e.Command), Reason: e.Reason,
+		Payload: payload, OccurTime: ts(e.OccurTime), OrderVersion: e.OrderVersion,
+	}
+}
+
+// CreateBody turns the client's order into a create command body.
+func CreateBody(o *omsv1.Order) order.CreateOrder {
+	if o == nil {
+		return order.CreateOrder{}
+	}
+	c := order.CreateOrder{CustomerID: o.CustomerId, Currency: o.CurrencyCode}
+	for _, l := range o.LineItems {
+		if l == nil {
+			l = &omsv1.LineItem{}
+		}
+		c.Lines = append(c.Lines, order.LineItem{SKU: l.Sku, Name: l.Name, Quantity: l.Quantity, UnitPriceMinor: l.UnitPriceMinor})
+	}
+	if a := o.ShippingAddress; a != nil {
+		c.ShippingAddress = &order.Address{
+			Recipient: a.Recipient, AddressLines: a.AddressLines, Locality: a.Locality,
+			AdministrativeArea: a.AdministrativeArea, PostalCode: a.PostalCode, RegionCode: a.RegionCode,
+		}
+	}
+	if o.TotalMinor != 0 {
+		t := o.TotalMinor
+		c.ExpectedTotalMinor = &t
+	}
+	return c
+}
+
+// Command converts a domain command into the queue envelope.
+func Command(c order.Command) *omsv1.OrderCommand {
+	p := &omsv1.OrderCommand{
+		CommandId: c.ID, OrderId: c.OrderID, IssueTime: ts(c.IssueTime), CorrelationId: c.CorrelationID,
+	}
+	switch b := c.Body.(type) {
+	case order.CreateOrder:
+		o := Order(&order.Order{
+			CustomerID: b.CustomerID, Currency: b.Currency, Lines: b.Lines, ShippingAddress: b.ShippingAddress,
+		})
+		if b.ExpectedTotalMinor != nil {
+			o.TotalMinor = *b.ExpectedTotalMinor
+		}
+		p.Command = &omsv1.OrderCommand_Create{Create: &omsv1.CreateOrderCommand{Order: o}}
+	case order.PayOrder:
+		p.Command = &omsv1.OrderCommand_Pay{Pay: &omsv1.PayOrderCommand{PaymentReference: b.Reference, AmountMinor: b.AmountMinor}}
+	case order.ShipOrder:
+		p.Command = &omsv1.OrderCommand_Ship{Ship: &omsv1.ShipOrderCommand{Carrier: b.Carrier, TrackingNumber: b.TrackingNumber}}
+	case order.DeliverOrder:
+		p.Command = &omsv1.OrderCommand_Deliver{Deliver: &omsv1.DeliverOrderCommand{}}
+	case order.CancelOrder:
+		p.Command = &omsv1.OrderCommand_Cancel{Cancel: &omsv1.CancelOrderCommand{Reason: b.Reason}}
+	}
+	return p
+}
+
+// CommandFromProto converts a queue envelope into a domain command. It
+// checks the envelope (ids, a known command) but not the body: the domain
+// validates that, and records an invalid body as a rejection.
+func CommandFromProto(p *omsv1.OrderCommand) (order.Command, error) {
+	if err := order.ValidateRequestID(p.CommandId); err != nil {
+		return order.Command{}, fmt.Errorf("command_id: %w", err)
+	}
+	id, err := order.ParseID(p.OrderId)
+	if err != nil {
+		return order.Command{}, fmt.Errorf("order_id: %w", err)
+	}
+	c := order.Command{ID: p.CommandId, OrderID: id, IssueTime: p.IssueTime.AsTime(), CorrelationID: p.CorrelationId}
+	switch b := p.Command.(type) {
+	case *omsv1.OrderCommand_Create:
+		c.Body = CreateBody(b.Create.GetOrder())
+	case *omsv1.OrderCommand_Pay:
+		c.Body = order.PayOrder{Reference: b.Pay.GetPaymentReference(), AmountMinor: b.Pay.GetAmountMinor()}
+	case *omsv1.OrderCommand_Ship:
+		c.Body = order.ShipOrder{Carrier: b.Ship.GetCarrier(), TrackingNumber: b.Ship.GetTrackingNumber()}
+	case *omsv1.OrderCommand_Deliver:
+		c.Body = order.DeliverOrder{}
+	case *omsv1.OrderCommand_Cancel:
+		c.Body = order.CancelOrder{Reason: b.Cancel.GetReason()}
+	default:
+		return order.Command{}, fmt.Errorf("command %s has no known command body", p.CommandId)
+	}
+	return c, nil
+}
+
+// Queue messages are protobuf JSON: SQS bodies must be text.
+var (
+	marshal   = protojson.MarshalOptions{}
+	unmarshal = protojson.UnmarshalOptions{DiscardUnknown: false}
+)
+
+// EncodeCommand is the body of a command message.
+func EncodeCommand(c order.Command) ([]byte, error) { return marshal.Marshal(Command(c)) }
+
+// DecodeCommand parses a command message body.
+func DecodeCommand(body []byte) (order.Command, error) {
+	var p omsv1.OrderCommand
+	if err := unmarshal.Unmarshal(body, &p); err != nil {
+		return order.Command{}, fmt.Errorf("decode command: %w", err)
+	}
+	return CommandFromProto(&p)
+}
+
+// EncodeNotification is the body of a notification message.
+func EncodeNotification(n *omsv1.OrderNotification) ([]byte, error) { return marshal.Marshal(n) }

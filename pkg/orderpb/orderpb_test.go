@@ -1,0 +1,68 @@
+package orderpb
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/omsdev/oms/pkg/order"
+)
+
+func TestCommandRoundTrip(t *testing.T) {
+	total := int64(2400)
+	id := uuid.NewString()
+	now := time.Date(2026, 11, 26, 1, 2, 3, 4000, time.UTC)
+	for _, body := range []order.Body{
+		order.CreateOrder{CustomerID: "c", Currency: "USD", ExpectedTotalMinor: &total,
+			Lines:           []order.LineItem{{SKU: "s", Name: "n", Quantity: 2, UnitPriceMinor: 1200}},
+			ShippingAddress: &order.Address{Recipient: "R", AddressLines: []string{"1 Main St"}, RegionCode: "US"}},
+		order.PayOrder{Reference: "p", AmountMinor: 5},
+		order.ShipOrder{Carrier: "c", TrackingNumber: "t"},
+		order.DeliverOrder{},
+		order.CancelOrder{Reason: "r"},
+	} {
+		in := order.Command{ID: "req-1", OrderID: id, IssueTime: now, CorrelationID: "corr", Body: body}
+		b, err := EncodeCommand(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := DecodeCommand(b)
+		if err != nil {
+			t.Fatalf("%s: %v", in.Kind(), err)
+		}
+		if !reflect.DeepEqual(in, out) {
+			t.Errorf("round trip of %s:\n in  %+v\n out %+v", in.Kind(), in, out)
+		}
+	}
+}
+
+func TestDecodeRejectsBadEnvelopes(t *testing.T) {
+	id := uuid.NewString()
+	for name, body := range map[string]string{
+		"not json":        "garbage",
+		"unknown field":   `{"commandId":"a","orderId":"` + id + `","pay":{},"extra":1}`,
+		"no command":      `{"commandId":"a","orderId":"` + id + `"}`,
+		"bad order id":    `{"commandId":"a","orderId":"42","deliver":{}}`,
+		"no command id":   `{"orderId":"` + id + `","deliver":{}}`,
+		"space in cmd id": `{"commandId":"a b","orderId":"` + id + `","deliver":{}}`,
+	} {
+		if _, err := DecodeCommand([]byte(body)); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+	}
+}
+
+func TestParseName(t *testing.T) {
+	id := uuid.NewString()
+	if got, err := ParseName("orders/" + strings.ToUpper(id)); err != nil || got != id {
+		t.Errorf("ParseName = %q, %v", got, err)
+	}
+	for _, bad := range []string{"", "orders/", "order/" + id, "orders/x", id} {
+		if _, err := ParseName(bad); err == nil {
+			t.Errorf("ParseName(%q) accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,95 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wsqs "github.com/ThreeDotsLabs/watermill-aws/sqs"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+)
+
+// Metadata keys that carry FIFO ids from a Watermill message to SQS. They
+// become MessageGroupId and MessageDeduplicationId, not message attributes,
+// so they do not count against SQS's limit of 10 attributes.
+const (
+	MetaGroupID = "oms_group_id"
+	MetaDedupID = "oms_dedup_id"
+)
+
+// ErrNoGroupID: a FIFO message without a group id. Real SQS rejects it;
+// goaws accepts it, so this check keeps local runs honest.
+var ErrNoGroupID = errors.New("FIFO message without " + MetaGroupID + " metadata")
+
+// FIFOSendInput is watermill-aws's GenerateSendMessageInput for FIFO
+// queues: the group id and deduplication id come from the message's
+// metadata (the deduplication id defaults to the message UUID, which the
+// services set to a stable id such as the command id).
+func FIFOSendInput(ctx context.Context, url wsqs.QueueURL, m *types.Message) (*sqs.SendMessageInput, error) {
+	in, err := wsqs.GenerateSendMessageInputDefault(ctx, url, m)
+	if err != nil {
+		return nil, err
+	}
+	attrs := make(map[string]types.MessageAttributeValue, len(m.MessageAttributes))
+	for k, v := range m.MessageAttributes {
+		attrs[k] = v
+	}
+	group := attrs[MetaGroupID].StringValue
+	if aws.ToString(group) == "" {
+		return nil, ErrNoGroupID
+	}
+	dedup := attrs[MetaDedupID].StringValue
+	if aws.ToString(dedup) == "" {
+		dedup = attrs[wsqs.UUIDAttribute].StringValue
+	}
+	delete(attrs, MetaGroupID)
+	delete(attrs, MetaDedupID)
+	in.MessageAttributes = attrs
+	in.MessageGroupId, in.MessageDeduplicationId = group, dedup
+	if len(attrs) > 10 {
+		return nil, fmt.Errorf("message has %d attributes; SQS allows 10", len(attrs))
+	}
+	return in, nil
+}
+
+// NewPublisher returns a watermill-aws publisher that sends one message per
+// call to FIFO queues named by topic. The services use it for the
+// dead-letter and notification queues; ingest batches with BatchPublisher.
+func NewPublisher(ctx context.Context, c Config, logger watermill.LoggerAdapter) (*wsqs.Publisher, error) {
+	cfg, opts, err := c.AWS(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return wsqs.NewPublisher(wsqs.PublisherConfig{
+		AWSConfig:                   cfg,
+		OptFns:                      opts,
+		DoNotCreateQueueIfNotExists: true,
+		GenerateSendMessageInput:    FIFOSendInput,
+	}, logger)
+}
+
+// NewSubscriber returns a watermill-aws subscriber that receives up to
+// maxMessages per call. Keep maxMessages at 1 against goaws: a nack
+// abandons the rest of a received batch until its visibility timeout.
+func NewSubscriber(ctx context.Context, c Config, maxMessages int32, logger watermill.LoggerAdapter) (*wsqs.Subscriber, error) {
+	cfg, opts, err := c.AWS(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return wsqs.NewSubscriber(wsqs.SubscriberConfig{
+		AWSConfig:                   cfg,
+		OptFns:                      opts,
+		DoNotCreateQueueIfNotExists: true,
+		GenerateReceiveMessageInput: func(ctx context.Context, url wsqs.QueueURL) (*sqs.ReceiveMessageInput, error) {
+			return &sqs.ReceiveMessageInput{
+				QueueUrl:              aws.String(string(url)),
+				MessageAttributeNames: []string{"All"},
+				MaxNumberOfMessages:   maxMessages,
+				WaitTimeSeconds:       20,
+			}, nil
+		},
+	}, logger)
+}

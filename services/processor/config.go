@@ -1,0 +1,83 @@
+package main
+
+import (
+	"math"
+	"time"
+
+	"github.com/omsdev/oms/pkg/config"
+	"github.com/omsdev/oms/pkg/queue"
+)
+
+type Config struct {
+	DatabaseURL  string
+	DBMaxConns   int
+	Queue        queue.Config
+	HTTPAddr     string
+	DrainTimeout time.Duration
+	LogLevel     string
+
+	// Subscriptions is how many commands are applied in parallel. Real SQS
+	// FIFO keeps each order's commands in order across any number; goaws
+	// does not (use 1 locally).
+	Subscriptions int
+	ReceiveBatch  int
+	Retry         RetryConfig
+	// HandlerTimeout bounds one attempt at applying a command.
+	HandlerTimeout time.Duration
+
+	OutboxPollInterval time.Duration
+	OutboxBatchSize    int
+}
+
+// RetryConfig is the backoff for transient failures: the seed's Step
+// Functions retry (5 s, rate 2, 5 attempts) by default.
+type RetryConfig struct {
+	InitialInterval time.Duration
+	Multiplier      float64
+	MaxAttempts     int
+	MaxInterval     time.Duration
+	Jitter          float64
+}
+
+// WorstCase is the longest a message can spend in retries: every wait at
+// its largest jittered value plus every attempt timing out. The queue's
+// visibility timeout must exceed it, or SQS hands the message to another
+// consumer while it is still being retried.
+func (r RetryConfig) WorstCase(attemptTimeout time.Duration) time.Duration {
+	total := time.Duration(r.MaxAttempts) * attemptTimeout
+	wait := r.InitialInterval
+	for i := 1; i < r.MaxAttempts; i++ {
+		total += time.Duration(float64(min(wait, r.MaxInterval)) * (1 + r.Jitter))
+		wait = time.Duration(float64(wait) * r.Multiplier)
+	}
+	return total
+}
+
+// LoadConfig reads the environment; see the README's configuration table.
+func LoadConfig(env *config.Env) (Config, error) {
+	c := Config{
+		DatabaseURL:   env.URL("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable", "postgres", "postgresql"),
+		DBMaxConns:    env.Int("DB_MAX_CONNS", 16, 1, 1000),
+		Queue:         queue.Load(env),
+		HTTPAddr:      env.Addr("HTTP_ADDR", "127.0.0.1:8082"),
+		DrainTimeout:  env.Duration("DRAIN_TIMEOUT", 20*time.Second, 0, 10*time.Minute),
+		LogLevel:      env.String("LOG_LEVEL", "info"),
+		Subscriptions: env.Int("PROCESSOR_SUBSCRIPTIONS", 8, 1, 256),
+		ReceiveBatch:  env.Int("PROCESSOR_RECEIVE_BATCH", 1, 1, 10),
+		Retry: RetryConfig{
+			InitialInterval: env.Duration("PROCESSOR_RETRY_INITIAL_INTERVAL", 5*time.Second, time.Millisecond, time.Hour),
+			Multiplier:      env.Float("PROCESSOR_RETRY_MULTIPLIER", 2, 1, 10),
+			MaxAttempts:     env.Int("PROCESSOR_RETRY_MAX_ATTEMPTS", 5, 1, 100),
+			Jitter:          env.Float("PROCESSOR_RETRY_JITTER", 0.1, 0, 1),
+		},
+		HandlerTimeout:     env.Duration("PROCESSOR_HANDLER_TIMEOUT", 10*time.Second, 100*time.Millisecond, 10*time.Minute),
+		OutboxPollInterval: env.Duration("OUTBOX_POLL_INTERVAL", 100*time.Millisecond, time.Millisecond, time.Minute),
+		OutboxBatchSize:    env.Int("OUTBOX_BATCH_SIZE", 50, 1, 1000),
+	}
+	// Watermill's Retry ignores Multiplier unless MaxInterval is set; by
+	// default let the last wait reach InitialInterval * Multiplier^(n-2).
+	r := c.Retry
+	last := time.Duration(float64(r.InitialInterval) * math.Pow(r.Multiplier, float64(max(r.MaxAttempts-2, 0))))
+	c.Retry.MaxInterval = env.Duration("PROCESSOR_RETRY_MAX_INTERVAL", last, r.InitialInterval, 24*time.Hour)
+	return c, env.Err()
+}

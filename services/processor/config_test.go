@@ -1,0 +1,41 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/omsdev/oms/pkg/config"
+)
+
+func TestDefaultsFollowTheSeedRetry(t *testing.T) {
+	c, err := LoadConfig(config.FromMap(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Retry
+	if r.InitialInterval != 5*time.Second || r.Multiplier != 2 || r.MaxAttempts != 5 || r.MaxInterval != 40*time.Second {
+		t.Errorf("retry defaults = %+v, want 5s x2, 5 attempts, waits up to 40s", r)
+	}
+	// Waits 5+10+20+40 s with 10% jitter, plus 5 attempts of 10 s.
+	if got, want := r.WorstCase(c.HandlerTimeout), 132500*time.Millisecond; got != want {
+		t.Errorf("worst case = %s, want %s", got, want)
+	}
+	if c.Queue.VisibilityTimeout <= r.WorstCase(c.HandlerTimeout) {
+		t.Errorf("default visibility timeout %s is below the retry worst case", c.Queue.VisibilityTimeout)
+	}
+}
+
+func TestBadConfigNamesTheVariable(t *testing.T) {
+	_, err := LoadConfig(config.FromMap(map[string]string{
+		"PROCESSOR_RETRY_MULTIPLIER": "-1", "PROCESSOR_SUBSCRIPTIONS": "lots", "SQS_COMMAND_QUEUE": "plain",
+	}))
+	if err == nil {
+		t.Fatal("bad config accepted")
+	}
+	for _, v := range []string{"PROCESSOR_RETRY_MULTIPLIER", "PROCESSOR_SUBSCRIPTIONS", "SQS_COMMAND_QUEUE"} {
+		if !strings.Contains(err.Error(), v) {
+			t.Errorf("error does not name %s: %v", v, err)
+		}
+	}
+}

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/cenkalti/backoff/v5"
+
+	"github.com/omsdev/oms/pkg/logging"
+	"github.com/omsdev/oms/pkg/orderpb"
+	"github.com/omsdev/oms/pkg/orderstore"
+	"github.com/omsdev/oms/pkg/queue"
+)
+
+// permanentError fails the same way however often it is retried: the
+// message goes to the dead-letter queue with this reason.
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+func permanent(err error) bool {
+	var pe permanentError
+	var panicked middleware.RecoveredPanicError
+	return errors.As(err, &pe) || errors.As(err, &panicked)
+}
+
+// applier applies one command message.
+type applier struct {
+	store *orderstore.Store
+	log   *slog.Logger
+}
+
+// handle decodes the command and applies it in one transaction. A business
+// rejection is stored and acked like a success. Errors are either transient
+// (retried, then left to SQS redelivery) or permanent (dead-lettered).
+func (a *applier) handle(msg *message.Message) error {
+	// The dead-letter queue is FIFO too: it needs a group even for a body
+	// that names no order.
+	msg.Metadata.Set(queue.MetaGroupID, "undecodable")
+	cmd, err := orderpb.DecodeCommand(msg.Payload)
+	if err != nil {
+		return permanentError{fmt.Errorf("message %s: %w", msg.UUID, err)}
+	}
+	msg.Metadata.Set(queue.MetaGroupID, cmd.OrderID)
+	if cmd.CorrelationID == "" {
+		cmd.CorrelationID = middleware.MessageCorrelationID(msg)
+	}
+	ctx := logging.WithCorrelationID(msg.Context(), cmd.CorrelationID)
+	log := a.log.With("command", cmd.Kind(), "command_id", cmd.ID, "order_id", cmd.OrderID)
+
+	res, err := a.store.Apply(ctx, cmd)
+	switch {
+	case errors.Is(err, orderstore.ErrNotFound):
+		// Its create may still be queued behind it (possible only where the
+		// broker reorders); retry, and let redelivery decide after that.
+		log.WarnContext(ctx, "order not found yet", "err", err)
+		return err
+	case orderstore.Transient(err):
+		log.WarnContext(ctx, "transient failure", "err", err)
+		return err
+	case err != nil:
+		return permanentError{err}
+	}
+	switch res.Outcome {
+	case orderstore.Applied:
+		log.InfoContext(ctx, "command applied", "state", res.Order.State.String(), "version", res.Order.Version)
+	case orderstore.Rejected:
+		log.InfoContext(ctx, "command rejected", "reason", res.Reason)
+	case orderstore.Duplicate:
+		if res.Mismatch {
+			log.WarnContext(ctx, "request id reused for a different command; ignored")
+		} else {
+			log.InfoContext(ctx, "duplicate delivery ignored")
+		}
+	}
+	return nil
+}
+
+// stopRetrying sits just inside Retry and ends the retries of a permanent
+// error. (Retry's ShouldRetry hook would also work but advances the backoff
+// an extra step per attempt, doubling the configured waits.)
+func stopRetrying(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		out, err := h(msg)
+		if err != nil && permanent(err) {
+			return out, backoff.Permanent(err)
+		}
+		return out, err
+	}
+}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/omsdev/oms/pkg/orderstore"
+)
+
+// The filter language (a subset of AIP-160): terms joined by AND, each
+// "field op value"; values may be quoted.
+//
+//	state = PAID
+//	customer_id = "c-1"
+//	create_time >= "2026-01-01T00:00:00Z"   (also >, <, <=)
+var (
+	andRE  = regexp.MustCompile(`(?i)\s+AND\s+`)
+	termRE = regexp.MustCompile(`^\s*([a-z_]+)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$`)
+)
+
+func parseFilter(f string) (orderstore.ListQuery, error) {
+	var q orderstore.ListQuery
+	if strings.TrimSpace(f) == "" {
+		return q, nil
+	}
+	seen := map[string]bool{}
+	for _, term := range andRE.Split(strings.TrimSpace(f), -1) {
+		m := termRE.FindStringSubmatch(term)
+		if m == nil {
+			return q, fmt.Errorf("cannot parse %q: want field op value, e.g. state = PAID", term)
+		}
+		field, op, raw := m[1], m[2], m[3]
+		val, err := unquote(raw)
+		if err != nil {
+			return q, fmt.Errorf("%s: %v", field, err)
+		}
+		switch field {
+		case "state", "customer_id":
+			if op != "=" {
+				return q, fmt.Errorf("%s supports only =", field)
+			}
+			if seen[field] {
+				return q, fmt.Errorf("%s appears twice", field)
+			}
+			seen[field] = true
+			if field == "customer_id" {
+				q.CustomerID = val
+				break
+			}
+			if q.State, err = parseStateName(val); err != nil {
+				return q, fmt.Errorf("state: %v", err)
+			}
+		case "create_time":
+			if op == "=" || op == "!=" {
+				return q, fmt.Errorf("create_time supports <, <=, > and >=")
+			}
+			t, err := time.Parse(time.RFC3339Nano, val)
+			if err != nil {
+				return q, fmt.Errorf("create_time: %q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", val)
+			}
+			q.CreateTime = append(q.CreateTime, orderstore.TimeBound{Op: op, Time: t})
+		default:
+			return q, fmt.Errorf("cannot filter on %q; use state, customer_id or create_time", field)
+		}
+	}
+	return q, nil
+}
+
+func unquote(s string) (string, error) {
+	if strings.HasPrefix(s, `"`) {
+		v, err := strconv.Unquote(s)
+		if err != nil {
+			return "", fmt.Errorf("bad quoted value %s", s)
+		}
+		return v, nil
+	}
+	if s == "" || strings.ContainsAny(s, ` "`) {
+		return "", fmt.Errorf("value %q must be one word or quoted", s)
+	}
+	return s, nil
+}

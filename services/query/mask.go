@@ -1,0 +1,112 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"unicode"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	omsv1 "github.com/omsdev/oms/proto/oms/v1"
+
+	"github.com/omsdev/oms/pkg/orderstore"
+)
+
+// mask is a validated read mask (AIP-157). An empty mask means every field.
+type mask struct {
+	paths []string
+	tree  map[string]*maskNode
+}
+
+type maskNode struct{ children map[string]*maskNode }
+
+// parseMask accepts snake_case or lowerCamelCase paths ("customer_id" or
+// "customerId"), paths into singular messages ("payment.reference"), and
+// "*".
+func parseMask(fm *fieldmaskpb.FieldMask) (mask, error) {
+	var m mask
+	for _, p := range fm.GetPaths() {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if p == "*" {
+			return mask{}, nil
+		}
+		parts := strings.Split(p, ".")
+		for i, s := range parts {
+			parts[i] = snake(s)
+		}
+		m.paths = append(m.paths, strings.Join(parts, "."))
+	}
+	if len(m.paths) == 0 {
+		return mask{}, nil
+	}
+	if _, err := fieldmaskpb.New(&omsv1.Order{}, m.paths...); err != nil {
+		return mask{}, fmt.Errorf("%v; fields are those of Order, such as id,state", err)
+	}
+	m.tree = map[string]*maskNode{}
+	for _, p := range m.paths {
+		level := m.tree
+		for _, s := range strings.Split(p, ".") {
+			n, ok := level[s]
+			if !ok {
+				n = &maskNode{children: map[string]*maskNode{}}
+				level[s] = n
+			}
+			level = n.children
+		}
+	}
+	return m, nil
+}
+
+// columns names the top-level fields to read, nil for all.
+func (m mask) columns() []string {
+	if m.tree == nil {
+		return nil
+	}
+	var out []string
+	for f := range m.tree {
+		if orderstore.KnownField(f) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// apply clears every field the mask does not name.
+func (m mask) apply(msg proto.Message) {
+	if m.tree != nil {
+		prune(msg.ProtoReflect(), m.tree)
+	}
+}
+
+func prune(msg protoreflect.Message, keep map[string]*maskNode) {
+	msg.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		n, ok := keep[string(fd.Name())]
+		switch {
+		case !ok:
+			msg.Clear(fd)
+		case len(n.children) > 0:
+			// fieldmaskpb.New allows sub-paths only into singular messages.
+			prune(v.Message(), n.children)
+		}
+		return true
+	})
+}
+
+func snake(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		if unicode.IsUpper(r) {
+			if i > 0 {
+				b.WriteByte('_')
+			}
+			r = unicode.ToLower(r)
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}

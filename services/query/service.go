@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	omsv1 "github.com/omsdev/oms/proto/oms/v1"
+
+	"github.com/omsdev/oms/pkg/order"
+	"github.com/omsdev/oms/pkg/orderpb"
+	"github.com/omsdev/oms/pkg/orderstore"
+)
+
+const (
+	defaultPageSize = 50
+	maxPageSize     = 500
+)
+
+// queryService is the gRPC port over the store's read side.
+type queryService struct {
+	omsv1.UnimplementedOrderQueryServiceServer
+	store *orderstore.Store
+}
+
+func (s *queryService) GetOrder(ctx context.Context, req *omsv1.GetOrderRequest) (*omsv1.Order, error) {
+	id, err := orderpb.ParseName(req.Name)
+	if err != nil {
+		return nil, badRequest("name", err.Error())
+	}
+	mask, err := parseMask(req.ReadMask)
+	if err != nil {
+		return nil, badRequest("read_mask", err.Error())
+	}
+	o, err := s.store.Get(ctx, id, mask.columns())
+	if errors.Is(err, orderstore.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "order %s not found", req.Name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := orderpb.Order(o)
+	mask.apply(out)
+	return out, nil
+}
+
+func (s *queryService) ListOrders(ctx context.Context, req *omsv1.ListOrdersRequest) (*omsv1.ListOrdersResponse, error) {
+	size, err := pageSize(req.PageSize, defaultPageSize, maxPageSize)
+	if err != nil {
+		return nil, err
+	}
+	q, err := parseFilter(req.Filter)
+	if err != nil {
+		return nil, badRequest("filter", err.Error())
+	}
+	switch req.OrderBy {
+	case "", "create_time desc":
+	case "create_time", "create_time asc":
+		q.Ascending = true
+	default:
+		return nil, badRequest("order_by", `must be "create_time desc" (the default) or "create_time asc"`)
+	}
+	mask, err := parseMask(req.ReadMask)
+	if err != nil {
+		return nil, badRequest("read_mask", err.Error())
+	}
+	// A token is only valid for the query that issued it.
+	scope := req.Filter + "\x00" + req.OrderBy
+	var tok listToken
+	if err := decodeToken(req.PageToken, scope, &tok); err != nil {
+		return nil, err
+	}
+	if req.PageToken != "" {
+		q.After = &orderstore.Cursor{CreateTime: tok.CreateTime, ID: tok.ID}
+	}
+	q.Limit, q.Fields = size+1, mask.columns()
+	orders, err := s.store.List(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	resp := &omsv1.ListOrdersResponse{}
+	if len(orders) > size {
+		orders = orders[:size]
+		last := orders[size-1]
+		resp.NextPageToken = encodeToken(scope, listToken{CreateTime: last.CreateTime, ID: last.ID})
+	}
+	for _, o := range orders {
+		p := orderpb.Order(o)
+		mask.apply(p)
+		resp.Orders = append(resp.Orders, p)
+	}
+	return resp, nil
+}
+
+func (s *queryService) ListOrderEvents(ctx context.Context, req *omsv1.ListOrderEventsRequest) (*omsv1.ListOrderEventsResponse, error) {
+	id, err := orderpb.ParseName(req.Parent)
+	if err != nil {
+		return nil, badRequest("parent", err.Error())
+	}
+	size, err := pageSize(req.PageSize, 100, 1000)
+	if err != nil {
+		return nil, err
+	}
+	var tok eventsToken
+	if err := decodeToken(req.PageToken, id, &tok); err != nil {
+		return nil, err
+	}
+	evs, err := s.store.Events(ctx, id, tok.AfterSeq, size+1)
+	if errors.Is(err, orderstore.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "order %s not found", req.Parent)
+	}
+	if err != nil {
+		return nil, err
+	}
+	resp := &omsv1.ListOrderEventsResponse{}
+	if len(evs) > size {
+		evs = evs[:size]
+		resp.NextPageToken = encodeToken(id, eventsToken{AfterSeq: evs[size-1].Seq})
+	}
+	for _, e := range evs {
+		resp.Events = append(resp.Events, orderpb.Event(e))
+	}
+	return resp, nil
+}
+
+func pageSize(n int32, def, max int) (int, error) {
+	switch {
+	case n < 0:
+		return 0, badRequest("page_size", "must not be negative")
+	case n == 0:
+		return def, nil
+	case int(n) > max:
+		return max, nil
+	}
+	return int(n), nil
+}
+
+type listToken struct {
+	CreateTime time.Time `json:"t"`
+	ID         string    `json:"id"`
+}
+
+type eventsToken struct {
+	AfterSeq int64 `json:"s"`
+}
+
+// Page tokens are opaque to clients: base64 of the keyset position and a
+// hash of the query it belongs to.
+type token struct {
+	Scope []byte          `json:"q"`
+	Pos   json.RawMessage `json:"p"`
+}
+
+func scopeHash(scope string) []byte {
+	h := sha256.Sum256([]byte(scope))
+	return h[:8]
+}
+
+func encodeToken(scope string, pos any) string {
+	p, _ := json.Marshal(pos)
+	b, _ := json.Marshal(token{Scope: scopeHash(scope), Pos: p})
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeToken(s, scope string, pos any) error {
+	if s == "" {
+		return nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	var t token
+	if err == nil {
+		err = json.Unmarshal(b, &t)
+	}
+	if err == nil {
+		err = json.Unmarshal(t.Pos, pos)
+	}
+	if err != nil {
+		return badRequest("page_token", "is not a token this service issued")
+	}
+	if string(t.Scope) != string(scopeHash(scope)) {
+		return badRequest("page_token", "belongs to a different query; send the same filter and order_by as the first page")
+	}
+	return nil
+}
+
+func badRequest(field, desc string) error {
+	st, err := status.New(codes.InvalidArgument, fmt.Sprintf("%s: %s", field, desc)).WithDetails(
+		&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: desc}}},
+	)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "%s: %s", field, desc)
+	}
+	return st.Err()
+}
+
+// stateNames lets filters use the API's state names.
+func parseStateName(s string) (order.State, error) {
+	v, ok := omsv1.Order_State_value[s]
+	if !ok || v == 0 {
+		return 0, fmt.Errorf("unknown state %q", s)
+	}
+	return orderpb.StateFromProto(omsv1.Order_State(v)), nil
+}
