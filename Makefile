@@ -1,6 +1,6 @@
 # OMS front door. `make run` starts the whole stack; `make test` runs every test.
 SHELL := /bin/bash
-MODULES := proto pkg services/ingest services/processor services/query deploy/local
+MODULES := proto pkg services/ingest services/processor services/query deploy/local e2e
 PKGS := $(addsuffix /...,$(addprefix ./,$(MODULES)))
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/oms?sslmode=disable
 export DATABASE_URL

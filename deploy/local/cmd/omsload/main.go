@@ -1,0 +1,117 @@
+// Command omsload is the load generator for the local stack. It creates
+// orders through ingest and measures how long each one takes to be accepted
+// and then to become visible through query.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+type config struct {
+	N, C       int
+	MaxPending int
+	Pollers    int
+	Ingest     string
+	Query      string
+	Timeout    time.Duration
+	Poll       time.Duration
+	Visible    bool
+	Lifecycle  bool
+	JSON       bool
+}
+
+func parseFlags(args []string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("omsload", flag.ContinueOnError)
+	fs.IntVar(&c.N, "n", 1000, "orders to create")
+	fs.IntVar(&c.C, "c", 16, "concurrent POSTing workers")
+	fs.IntVar(&c.MaxPending, "max-pending", 0, "most orders accepted but not yet visible; workers wait above it (default 20*c)")
+	fs.IntVar(&c.Pollers, "pollers", 0, "most concurrent visibility polls per stage (default 4*c)")
+	fs.StringVar(&c.Ingest, "ingest", "http://127.0.0.1:8080", "ingest base URL")
+	fs.StringVar(&c.Query, "query", "http://127.0.0.1:8081", "query base URL")
+	fs.DurationVar(&c.Timeout, "timeout", 5*time.Minute, "overall time limit")
+	fs.DurationVar(&c.Poll, "poll", 20*time.Millisecond, "interval between visibility polls of one order")
+	fs.BoolVar(&c.Visible, "visible", true, "measure POST→visible by polling query")
+	fs.BoolVar(&c.Lifecycle, "lifecycle", false, "after the create is visible, pay the order and wait for PAID")
+	fs.BoolVar(&c.JSON, "json", false, "also print the final report as JSON")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if c.MaxPending == 0 {
+		c.MaxPending = 20 * c.C
+	}
+	if c.Pollers == 0 {
+		c.Pollers = 4 * c.C
+	}
+	switch {
+	case c.N < 1 || c.C < 1 || c.MaxPending < 1 || c.Pollers < 1:
+		return c, errors.New("-n, -c, -max-pending and -pollers must be at least 1")
+	case c.Poll <= 0 || c.Timeout <= 0:
+		return c, errors.New("-poll and -timeout must be positive")
+	case c.Lifecycle && !c.Visible:
+		return c, errors.New("-lifecycle needs -visible: the pay waits for the create to be applied")
+	}
+	return c, nil
+}
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "omsload:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "omsload:", err)
+		os.Exit(1)
+	}
+}
+
+// errIncomplete means the run finished but not every order made it.
+var errIncomplete = errors.New("not every order was accepted and applied")
+
+func run(ctx context.Context, cfg config) error {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+
+	l := newLoader(cfg, newClient(cfg))
+	stopProgress := l.progress(time.Second)
+	start := time.Now()
+	postPhase := l.run(ctx)
+	wall := time.Since(start)
+	stopProgress()
+
+	r := l.st.report(cfg, wall, postPhase)
+	r.print(os.Stdout)
+	if cfg.JSON {
+		if err := r.printJSON(os.Stdout); err != nil {
+			return err
+		}
+	}
+	if !r.complete(cfg) {
+		return fmt.Errorf("%w: %d of %d accepted, %d visible", errIncomplete, r.Accepted, cfg.N, r.Visible)
+	}
+	return nil
+}
+
+// newClient shares one connection pool across workers. The default of two
+// idle connections per host would make most requests dial anew at this
+// concurrency; up to 2*Pollers requests reach query at once.
+func newClient(cfg config) *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = max(2*cfg.C, 2*cfg.Pollers)
+	t.MaxIdleConns = 2 * t.MaxIdleConnsPerHost
+	return &http.Client{Transport: t, Timeout: 30 * time.Second}
+}
