@@ -5,7 +5,7 @@ PKGS := $(addsuffix /...,$(addprefix ./,$(MODULES)))
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/oms?sslmode=disable
 export DATABASE_URL
 
-.PHONY: all build test test-short generate check-generated lint migrate migrate-down postgres clean
+.PHONY: all build build-local run demo load test test-short generate check-generated lint migrate migrate-down postgres clean
 
 all: lint test
 
@@ -13,6 +13,25 @@ all: lint test
 build:
 	@mkdir -p bin
 	CGO_ENABLED=0 go build -trimpath -o bin/ ./services/ingest ./services/processor ./services/query
+
+## run: the whole stack (PostgreSQL, SQS emulator, migrations, queues, the three services); Ctrl-C stops it
+run: postgres build-local
+	@bin/omsstack
+
+## demo: walk a few orders through their lifecycle on the running stack
+demo:
+	@go run ./deploy/local/cmd/omsstack demo
+
+## load: N orders at concurrency C against the running stack (make load N=5000 C=32)
+N ?= 2000
+C ?= 16
+load:
+	go run ./deploy/local/cmd/omsload -n $(N) -c $(C)
+
+## build-local: the services plus the local tools (emulator, stack runner, load generator)
+build-local:
+	@mkdir -p bin
+	go build -o bin/ ./services/ingest ./services/processor ./services/query ./deploy/local/cmd/sqslocal ./deploy/local/cmd/omsstack ./deploy/local/cmd/omsload
 
 ## test: every test of every module, with the race detector, against the real PostgreSQL
 test: postgres

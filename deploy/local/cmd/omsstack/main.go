@@ -1,0 +1,281 @@
+// Command omsstack runs the whole OMS locally: the SQS emulator, the
+// migrations, the queues and the three services as separate processes.
+// `make run` builds the binaries into ./bin and starts it; Ctrl-C stops
+// everything. `omsstack demo` walks a few orders through a running stack.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/omsdev/oms/pkg/config"
+	"github.com/omsdev/oms/pkg/queue"
+)
+
+// defaults is the local stack's environment; anything already set in the
+// caller's environment wins.
+var defaults = map[string]string{
+	"DATABASE_URL":            "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable",
+	"SQS_ENDPOINT":            "http://127.0.0.1:4100",
+	"AWS_REGION":              "us-east-1",
+	"PROCESSOR_SUBSCRIPTIONS": "1", // goaws keeps FIFO order only with one consumer
+	"LOG_LEVEL":               "info",
+}
+
+type service struct {
+	name string
+	args []string
+	env  []string
+	// ready is the HTTP address whose /readyz must answer, or the address
+	// that must accept connections when health is false.
+	addr   string
+	health bool
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "demo" {
+		err = demo(ctx, env("INGEST_URL", "http://127.0.0.1:8080"), env("QUERY_URL", "http://127.0.0.1:8081"))
+	} else {
+		err = run(ctx)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "omsstack:", err)
+		os.Exit(1)
+	}
+}
+
+func env(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func run(ctx context.Context) error {
+	bin, err := binDir()
+	if err != nil {
+		return err
+	}
+	for k, v := range defaults {
+		if os.Getenv(k) == "" {
+			os.Setenv(k, v)
+		}
+	}
+	unlock, err := lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	sqsAddr := strings.TrimPrefix(os.Getenv("SQS_ENDPOINT"), "http://")
+	services := []service{
+		{name: "sqslocal", args: []string{"-addr", sqsAddr}, addr: sqsAddr},
+		{name: "processor", env: []string{"HTTP_ADDR=" + env("PROCESSOR_HTTP_ADDR", "127.0.0.1:8082")}, addr: env("PROCESSOR_HTTP_ADDR", "127.0.0.1:8082"), health: true},
+		{name: "ingest", env: []string{"HTTP_ADDR=" + env("INGEST_HTTP_ADDR", "127.0.0.1:8080"), "GRPC_ADDR=" + env("INGEST_GRPC_ADDR", "127.0.0.1:9090")}, addr: env("INGEST_HTTP_ADDR", "127.0.0.1:8080"), health: true},
+		{name: "query", env: []string{"HTTP_ADDR=" + env("QUERY_HTTP_ADDR", "127.0.0.1:8081"), "GRPC_ADDR=" + env("QUERY_GRPC_ADDR", "127.0.0.1:9091")}, addr: env("QUERY_HTTP_ADDR", "127.0.0.1:8081"), health: true},
+	}
+	// Fail on a taken port before starting anything.
+	for _, addr := range []string{sqsAddr, services[1].addr, services[2].addr, services[3].addr,
+		env("INGEST_GRPC_ADDR", "127.0.0.1:9090"), env("QUERY_GRPC_ADDR", "127.0.0.1:9091")} {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s is already in use; stop whatever holds it or choose other ports (see README: configuration)", addr)
+		}
+		ln.Close()
+	}
+
+	g := &group{}
+	defer g.stop()
+	if err := g.start(bin, services[0]); err != nil {
+		return err
+	}
+	fmt.Println("omsstack: applying migrations to", config.Redact(os.Getenv("DATABASE_URL")))
+	if out, err := exec.CommandContext(ctx, filepath.Join(bin, "processor"), "migrate", "up").CombinedOutput(); err != nil {
+		return fmt.Errorf("migrations failed: %v\n%s", err, out)
+	}
+	qc := queue.Load(config.FromOS())
+	qc.CreateQueues = true
+	client, err := queue.NewClient(ctx, qc)
+	if err != nil {
+		return err
+	}
+	if _, err := queue.EnsureQueues(ctx, client, qc); err != nil {
+		return fmt.Errorf("create queues: %w", err)
+	}
+	fmt.Printf("omsstack: queues %s, %s, %s ready\n", qc.CommandQueue, qc.DeadLetterQueue, qc.NotificationQueue)
+	for _, s := range services[1:] {
+		if err := g.start(bin, s); err != nil {
+			return err
+		}
+	}
+	banner()
+
+	select {
+	case <-ctx.Done():
+		fmt.Println("\nomsstack: stopping")
+		return nil
+	case p := <-g.exited:
+		return fmt.Errorf("%s exited unexpectedly; stopping the stack", p)
+	}
+}
+
+// binDir finds the binaries `make build-local` put next to this one.
+func binDir() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Dir(exe)
+	for _, b := range []string{"sqslocal", "processor", "ingest", "query"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return "", fmt.Errorf("%s is missing next to omsstack in %s; start the stack with `make run`", b, dir)
+		}
+	}
+	return dir, nil
+}
+
+// lock makes a second `make run` fail with a clear message.
+func lock() (func(), error) {
+	path := filepath.Join(os.TempDir(), "oms-stack.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		b, _ := io.ReadAll(f)
+		f.Close()
+		return nil, fmt.Errorf("another `make run` is already running (pid %s); stop it with Ctrl-C first", strings.TrimSpace(string(b)))
+	}
+	f.Truncate(0)
+	fmt.Fprintf(f, "%d\n", os.Getpid())
+	return func() { f.Close(); os.Remove(path) }, nil
+}
+
+// group is the running processes, stopped in reverse order.
+type group struct {
+	mu     sync.Mutex
+	procs  []proc
+	exited chan string
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func (g *group) start(bin string, s service) error {
+	if g.exited == nil {
+		g.exited = make(chan string, 8)
+	}
+	cmd := exec.Command(filepath.Join(bin, s.name), s.args...)
+	cmd.Env = append(os.Environ(), s.env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C reaches us, we stop them in order
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", s.name, err)
+	}
+	go prefix(s.name, out)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done); g.exited <- s.name }()
+	g.mu.Lock()
+	g.procs = append(g.procs, proc{cmd, done})
+	g.mu.Unlock()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if ready(s) == nil {
+			return nil
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("%s exited during start-up (its log is above)", s.name)
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after 30s: %v", s.name, ready(s))
+		}
+	}
+}
+
+func ready(s service) error {
+	if !s.health {
+		c, err := net.Dial("tcp", s.addr)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	resp, err := http.Get("http://" + s.addr + "/readyz")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return errors.New(resp.Status)
+	}
+	return nil
+}
+
+func (g *group) stop() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for i := len(g.procs) - 1; i >= 0; i-- {
+		p := g.procs[i]
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(25 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	}
+	g.procs = nil
+}
+
+func prefix(name string, r io.Reader) {
+	s := bufio.NewScanner(r)
+	s.Buffer(make([]byte, 64*1024), 1<<20)
+	for s.Scan() {
+		fmt.Printf("%-9s | %s\n", name, s.Text())
+	}
+}
+
+func banner() {
+	ingest, query := env("INGEST_HTTP_ADDR", "127.0.0.1:8080"), env("QUERY_HTTP_ADDR", "127.0.0.1:8081")
+	fmt.Printf(`
+================================================================================
+ OMS is running. Ctrl-C stops everything.
+
+   ingest   HTTP http://%[1]s   gRPC %[3]s
+   query    HTTP http://%[2]s   gRPC %[4]s
+   processor health http://%[5]s/readyz
+   SQS emulator (goaws) %[6]s      PostgreSQL %[7]s
+
+ Create an order (202 Accepted):
+   curl -s -X POST 'http://%[1]s/v1/orders' -H 'Idempotency-Key: demo-1' \
+     -d '{"customerId":"c-1","currencyCode":"USD","lineItems":[{"sku":"SKU-1","name":"Mug","quantity":2,"unitPriceMinor":"1200"}]}'
+ Read it back (use the name from the answer):
+   curl -s 'http://%[2]s/v1/orders/<id>?read_mask=id,state'
+   grpcurl -plaintext -d '{"name":"orders/<id>"}' %[4]s oms.v1.OrderQueryService/GetOrder
+ Walk a few orders through their lifecycle:  make demo
+================================================================================
+`, ingest, query, env("INGEST_GRPC_ADDR", "127.0.0.1:9090"), env("QUERY_GRPC_ADDR", "127.0.0.1:9091"),
+		env("PROCESSOR_HTTP_ADDR", "127.0.0.1:8082"), os.Getenv("SQS_ENDPOINT"), config.Redact(os.Getenv("DATABASE_URL")))
+}
