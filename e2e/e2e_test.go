@@ -378,3 +378,43 @@ func TestProcessorRestartLosesAndDuplicatesNothing(t *testing.T) {
 		t.Errorf("%d orders left %d history entries and %d processed commands; want %d each", n, events, commands, n)
 	}
 }
+
+// Ingest never answers 2xx for a command it could not enqueue.
+func TestQueueDownAnswersUnavailable(t *testing.T) {
+	t.Parallel()
+	// An emulator and an ingest of their own, so stopping SQS here
+	// disturbs no other test.
+	sqsAddr, httpAddr := freeAddr(), freeAddr()
+	emu, err := sys.start("sqslocal", nil, "-addr", sqsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(10*time.Second, func() error { _, err := http.Get("http://" + sqsAddr + "/health"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	env := append(sys.ingestEnv(sys.queues, httpAddr, freeAddr()), "SQS_ENDPOINT=http://"+sqsAddr, "INGEST_ENQUEUE_TIMEOUT=2s")
+	ing, err := sys.start("ingest", env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitReady(httpAddr); err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + httpAddr
+	if r := do(t, "POST", base+"/v1/orders", orderBody); r.status != http.StatusAccepted {
+		t.Fatalf("with SQS up: %d %s", r.status, r.raw)
+	}
+	if err := emu.stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	r := do(t, "POST", base+"/v1/orders?request_id="+uuid.NewString(), orderBody)
+	if r.status != http.StatusServiceUnavailable || !strings.Contains(r.raw, "retry with the same request id") {
+		t.Errorf("with SQS down: %d %s, want 503", r.status, r.raw)
+	}
+	if r := do(t, "GET", base+"/readyz", ""); r.status != http.StatusServiceUnavailable {
+		t.Errorf("readyz with SQS down: %d", r.status)
+	}
+	if err := ing.stop(15 * time.Second); err != nil {
+		t.Error(err)
+	}
+}
