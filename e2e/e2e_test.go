@@ -348,7 +348,7 @@ func TestProcessorRestartLosesAndDuplicatesNothing(t *testing.T) {
 	old := sys.processor
 	sys.mu.Unlock()
 	if err := old.stop(30 * time.Second); err != nil {
-		t.Fatalf("processor did not shut down cleanly: %v", err)
+		t.Errorf("processor did not shut down cleanly: %v", err) // go on: later tests need a processor
 	}
 	if !strings.Contains(old.out.String(), "draining") {
 		t.Error("processor did not drain")

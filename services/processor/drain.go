@@ -3,19 +3,25 @@ package main
 import (
 	"context"
 	"sync"
-	"sync/atomic"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// gate wraps the queue subscriber so shutdown can drain: once closed it
+// gate wraps the queue subscriber so shutdown can drain: once stopped it
 // hands the router no more messages, and it counts messages in flight so
 // the router is closed only after they are acked. (Closing the router
 // first would cancel their contexts mid-transaction.)
 type gate struct {
 	message.Subscriber
-	closed   atomic.Bool
-	inflight sync.WaitGroup
+
+	mu       sync.Mutex
+	stopped  bool
+	inflight int
+	idle     chan struct{} // closed once stopped with nothing in flight
+}
+
+func newGate(sub message.Subscriber) *gate {
+	return &gate{Subscriber: sub, idle: make(chan struct{})}
 }
 
 func (g *gate) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
@@ -27,20 +33,19 @@ func (g *gate) Subscribe(ctx context.Context, topic string) (<-chan *message.Mes
 	go func() {
 		defer close(out)
 		for msg := range in {
-			if g.closed.Load() {
+			if !g.take() {
 				// Hold it unacked: SQS redelivers it after its visibility
 				// timeout. Reading on lets the subscriber close.
 				continue
 			}
-			g.inflight.Add(1)
 			select {
 			case out <- msg:
 			case <-ctx.Done():
-				g.inflight.Done()
+				g.release()
 				continue
 			}
 			go func() {
-				defer g.inflight.Done()
+				defer g.release()
 				select {
 				case <-msg.Acked():
 				case <-msg.Nacked():
@@ -52,15 +57,43 @@ func (g *gate) Subscribe(ctx context.Context, topic string) (<-chan *message.Mes
 	return out, nil
 }
 
-// Stop stops handing out messages. Wait returns once those handed out are
-// done or ctx ends. (Close, from the embedded subscriber, is the router's.)
-func (g *gate) Stop() { g.closed.Store(true) }
+func (g *gate) take() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
+		return false
+	}
+	g.inflight++
+	return true
+}
 
+func (g *gate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.inflight--
+	if g.stopped && g.inflight == 0 {
+		close(g.idle)
+	}
+}
+
+// Stop stops handing out messages. (Close, from the embedded subscriber, is
+// the router's.)
+func (g *gate) Stop() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
+		return
+	}
+	g.stopped = true
+	if g.inflight == 0 {
+		close(g.idle)
+	}
+}
+
+// Wait returns once every message handed out is done, or ctx ends.
 func (g *gate) Wait(ctx context.Context) error {
-	done := make(chan struct{})
-	go func() { g.inflight.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-g.idle:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

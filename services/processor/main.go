@@ -82,7 +82,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	commands := &gate{Subscriber: sub}
+	commands := newGate(sub)
 	a := &applier{store: orderstore.New(db, notifier{queue: cfg.Queue.NotificationQueue}.write), log: log}
 
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.DrainTimeout}, wlog)

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+)
+
+// The gate hands out messages until stopped, then waits for the ones in
+// flight; messages arriving after Stop are held, not handed out.
+func TestGateDrains(t *testing.T) {
+	pubsub := gochannel.NewGoChannel(gochannel.Config{}, nil)
+	g := newGate(pubsub)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out, err := g.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go pubsub.Publish("t", message.NewMessage("1", nil))
+	first := <-out
+
+	g.Stop()
+	wctx, wcancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer wcancel()
+	if err := g.Wait(wctx); err == nil {
+		t.Fatal("Wait returned with a message in flight")
+	}
+	go pubsub.Publish("t", message.NewMessage("2", nil))
+	select {
+	case m := <-out:
+		t.Fatalf("message %s handed out after Stop", m.UUID)
+	case <-time.After(100 * time.Millisecond):
+	}
+	first.Ack()
+	if err := g.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
