@@ -208,6 +208,7 @@ func (s *stack) env(extra ...string) []string {
 		"SQS_VISIBILITY_TIMEOUT=15s",
 		"LOG_LEVEL=info",
 		"DRAIN_TIMEOUT=10s",
+		"OTEL_TRACES_EXPORTER=console", // spans to stderr; trace ids on log lines
 		"PATH=" + os.Getenv("PATH"),
 	}
 	return append(base, extra...)
@@ -383,4 +384,16 @@ func (s *stack) logs() string {
 		fmt.Fprintf(&b, "==== %s\n%s\n", p.name, tail(p.out.String(), 30))
 	}
 	return b.String()
+}
+
+// procOutput is the output of the latest process named name.
+func (s *stack) procOutput(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		if s.procs[i].name == name {
+			return s.procs[i].out.String()
+		}
+	}
+	return ""
 }

@@ -9,6 +9,8 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 type ctxKey struct{}
@@ -56,7 +58,8 @@ func SanitizeCorrelationID(id string) string {
 }
 
 // New returns a JSON logger for service at level ("debug", "info", "warn",
-// "error"). Records logged with a context carry its correlation id.
+// "error"). Records logged with a context carry its correlation id and, when
+// tracing is on, its trace and span ids.
 func New(w io.Writer, service, level string) *slog.Logger {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
@@ -71,6 +74,9 @@ type correlationHandler struct{ slog.Handler }
 func (h correlationHandler) Handle(ctx context.Context, r slog.Record) error {
 	if id := CorrelationID(ctx); id != "" {
 		r.AddAttrs(slog.String("correlation_id", id))
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		r.AddAttrs(slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))
 	}
 	return h.Handler.Handle(ctx, r)
 }

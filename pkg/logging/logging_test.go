@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 func TestCorrelationIDOnEveryLine(t *testing.T) {
@@ -19,6 +21,17 @@ func TestCorrelationIDOnEveryLine(t *testing.T) {
 	}
 	if rec["correlation_id"] != "abc" || rec["service"] != "ingest" || rec["component"] != "x" || rec["msg"] != "hello" {
 		t.Errorf("record = %v", rec)
+	}
+}
+
+func TestTraceIDOnLines(t *testing.T) {
+	var buf bytes.Buffer
+	tid, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	sid, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+	ctx := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid}))
+	New(&buf, "processor", "info").InfoContext(ctx, "applied")
+	if !bytes.Contains(buf.Bytes(), []byte(`"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"`)) {
+		t.Errorf("no trace id: %s", buf.String())
 	}
 }
 

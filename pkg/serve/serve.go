@@ -17,12 +17,16 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/omsdev/oms/pkg/metrics"
 )
 
 // API describes a service to serve.
@@ -37,8 +41,6 @@ type API struct {
 	GatewayOptions []runtime.ServeMuxOption
 	// Ready reports whether dependencies answer; nil means always ready.
 	Ready func(context.Context) error
-	// Handlers are extra HTTP handlers by path, such as /metrics.
-	Handlers map[string]http.Handler
 	// MaxBodyBytes bounds HTTP request bodies; larger ones get 413.
 	MaxBodyBytes int64
 	// DrainTimeout bounds graceful shutdown.
@@ -79,13 +81,18 @@ func (s *Server) HTTPAddr() string { return s.httpLis.Addr().String() }
 // refused, and requests in flight finish within DrainTimeout.
 func (s *Server) Serve(ctx context.Context) error {
 	a, log := s.api, s.api.Log
-	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(correlationInterceptor, errorInterceptor(log)))
+	gs := grpc.NewServer(
+		grpc.StatsHandler(otelgrpc.NewServerHandler()),
+		grpc.ChainUnaryInterceptor(metrics.GRPC(a.Name), correlationInterceptor, errorInterceptor(log)),
+	)
 	a.Register(gs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 
-	conn, err := grpc.NewClient(loopback(s.GRPCAddr()), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(loopback(s.GRPCAddr()),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler()))
 	if err != nil {
 		return fmt.Errorf("%s: gateway connection: %w", a.Name, err)
 	}
@@ -97,6 +104,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}),
 		runtime.WithIncomingHeaderMatcher(incomingHeaders),
 		runtime.WithOutgoingHeaderMatcher(outgoingHeaders),
+		runtime.WithMiddlewares(routeLabel),
 	}, a.GatewayOptions...)
 	gw := runtime.NewServeMux(opts...)
 	if err := a.Gateway(ctx, gw, conn); err != nil {
@@ -106,11 +114,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", s.readyz)
-	for path, h := range a.Handlers {
-		mux.Handle(path, h)
-	}
-	mux.Handle("/", limitBody(gw, a.MaxBodyBytes))
-	hsrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	mux.Handle("GET /metrics", metrics.Handler())
+	mux.Handle("/", otelhttp.NewHandler(limitBody(gw, a.MaxBodyBytes), a.Name))
+	hsrv := &http.Server{Handler: metrics.HTTP(a.Name, mux), ReadHeaderTimeout: 10 * time.Second}
 
 	errc := make(chan error, 2)
 	go func() { errc <- gs.Serve(s.grpcLis) }()
@@ -160,6 +166,31 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	io.WriteString(w, "ok\n")
+}
+
+// routeLabel labels HTTP metrics with the gateway's route pattern.
+func routeLabel(next runtime.HandlerFunc) runtime.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+		if p, ok := runtime.HTTPPattern(r.Context()); ok {
+			metrics.SetRoute(r.Context(), p.String())
+		}
+		next(w, r, params)
+	}
+}
+
+// HealthCheck asks the service listening on addr whether it is alive: the
+// `healthcheck` subcommand, for container runtimes without curl or a shell.
+func HealthCheck(addr string) error {
+	c := http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get("http://" + loopback(addr) + "/healthz")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthz: %s", resp.Status)
+	}
+	return nil
 }
 
 // loopback turns a bound address into one this process can dial.

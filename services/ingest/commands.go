@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -21,10 +22,24 @@ import (
 	omsv1 "github.com/omsdev/oms/proto/oms/v1"
 
 	"github.com/omsdev/oms/pkg/logging"
+	"github.com/omsdev/oms/pkg/metrics"
 	"github.com/omsdev/oms/pkg/order"
 	"github.com/omsdev/oms/pkg/orderpb"
 	"github.com/omsdev/oms/pkg/queue"
+	"github.com/omsdev/oms/pkg/tracing"
 )
+
+var (
+	enqueued = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "oms_enqueue_total", Help: "Commands put on the command queue, by outcome (ok, error).",
+	}, []string{"outcome"})
+	enqueueDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "oms_enqueue_duration_seconds", Help: "Time until SQS confirmed a command, batching included.",
+		Buckets: prometheus.DefBuckets,
+	})
+)
+
+func init() { metrics.Register(enqueued, enqueueDuration) }
 
 // errorDomain is the ErrorInfo domain of this API's errors (AIP-193).
 const errorDomain = "oms.omsdev.github.io"
@@ -113,11 +128,16 @@ func (s *commandService) enqueue(ctx context.Context, vs []order.FieldViolation,
 	msg.Metadata.Set(queue.MetaDedupID, cmd.ID)
 	msg.Metadata.Set("command", string(cmd.Kind()))
 	middleware.SetCorrelationID(cmd.CorrelationID, msg)
+	tracing.Inject(ctx, msg.Metadata) // the processor continues this trace
 	pctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	msg.SetContext(pctx)
 
-	if err := s.pub.Publish(s.queue, msg); err != nil {
+	start := time.Now()
+	err = s.pub.Publish(s.queue, msg)
+	enqueueDuration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		enqueued.WithLabelValues("error").Inc()
 		s.log.ErrorContext(ctx, "enqueue failed", "command_id", cmd.ID, "order_id", cmd.OrderID, "err", err)
 		var se *queue.SendError
 		if errors.As(err, &se) && se.SenderFault {
@@ -125,6 +145,7 @@ func (s *commandService) enqueue(ctx context.Context, vs []order.FieldViolation,
 		}
 		return nil, status.Error(codes.Unavailable, "the command queue is unavailable; retry with the same request id")
 	}
+	enqueued.WithLabelValues("ok").Inc()
 	s.log.InfoContext(ctx, "command accepted", "command", cmd.Kind(), "command_id", cmd.ID, "order_id", cmd.OrderID)
 	return &omsv1.CommandAcceptance{
 		Name:               orderpb.Name(cmd.OrderID),

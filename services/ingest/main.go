@@ -24,6 +24,7 @@ import (
 	"github.com/omsdev/oms/pkg/logging"
 	"github.com/omsdev/oms/pkg/queue"
 	"github.com/omsdev/oms/pkg/serve"
+	"github.com/omsdev/oms/pkg/tracing"
 )
 
 type Config struct {
@@ -63,6 +64,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ingest:", err)
 		os.Exit(2)
 	}
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		if err := serve.HealthCheck(cfg.HTTPAddr); err != nil {
+			fmt.Fprintln(os.Stderr, "ingest:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	log := logging.New(os.Stdout, "ingest", cfg.LogLevel)
 	if err := run(ctx, cfg, log); err != nil {
 		log.Error("ingest failed", "err", err)
@@ -71,6 +79,11 @@ func main() {
 }
 
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	stopTracing, err := tracing.Setup(ctx, "ingest")
+	if err != nil {
+		return err
+	}
+	defer stopTracing(context.Background())
 	client, err := queue.NewClient(ctx, cfg.Queue)
 	if err != nil {
 		return err

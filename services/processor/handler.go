@@ -4,15 +4,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/cenkalti/backoff/v5"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/omsdev/oms/pkg/logging"
 	"github.com/omsdev/oms/pkg/orderpb"
 	"github.com/omsdev/oms/pkg/orderstore"
 	"github.com/omsdev/oms/pkg/queue"
+	"github.com/omsdev/oms/pkg/tracing"
 )
 
 // permanentError fails the same way however often it is retried: the
@@ -46,25 +51,41 @@ func (a *applier) handle(msg *message.Message) error {
 		return permanentError{fmt.Errorf("message %s: %w", msg.UUID, err)}
 	}
 	msg.Metadata.Set(queue.MetaGroupID, cmd.OrderID)
+	msg.Metadata.Set("command", string(cmd.Kind()))
 	if cmd.CorrelationID == "" {
 		cmd.CorrelationID = middleware.MessageCorrelationID(msg)
 	}
-	ctx := logging.WithCorrelationID(msg.Context(), cmd.CorrelationID)
+	// Continue the trace ingest started for the request.
+	ctx, span := tracing.Tracer().Start(tracing.Extract(msg.Context(), msg.Metadata), "apply "+string(cmd.Kind()),
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("oms.command_id", cmd.ID), attribute.String("oms.order_id", cmd.OrderID)))
+	defer span.End()
+	ctx = logging.WithCorrelationID(ctx, cmd.CorrelationID)
 	log := a.log.With("command", cmd.Kind(), "command_id", cmd.ID, "order_id", cmd.OrderID)
 
+	start := time.Now()
 	res, err := a.store.Apply(ctx, cmd)
+	applyDuration.WithLabelValues(string(cmd.Kind())).Observe(time.Since(start).Seconds())
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "apply failed")
+	}
 	switch {
 	case errors.Is(err, orderstore.ErrNotFound):
 		// Its create may still be queued behind it (possible only where the
 		// broker reorders); retry, and let redelivery decide after that.
 		log.WarnContext(ctx, "order not found yet", "err", err)
+		commandsTotal.WithLabelValues(string(cmd.Kind()), "retried").Inc()
 		return err
 	case orderstore.Transient(err):
 		log.WarnContext(ctx, "transient failure", "err", err)
+		commandsTotal.WithLabelValues(string(cmd.Kind()), "retried").Inc()
 		return err
 	case err != nil:
 		return permanentError{err}
 	}
+	span.SetAttributes(attribute.String("oms.outcome", string(res.Outcome)))
+	commandsTotal.WithLabelValues(string(cmd.Kind()), string(res.Outcome)).Inc()
 	switch res.Outcome {
 	case orderstore.Applied:
 		log.InfoContext(ctx, "command applied", "state", res.Order.State.String(), "version", res.Order.Version)

@@ -18,17 +18,22 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/omsdev/oms/pkg/config"
 	"github.com/omsdev/oms/pkg/logging"
+	"github.com/omsdev/oms/pkg/metrics"
 	"github.com/omsdev/oms/pkg/orderstore"
 	"github.com/omsdev/oms/pkg/outbox"
 	"github.com/omsdev/oms/pkg/queue"
+	"github.com/omsdev/oms/pkg/serve"
+	"github.com/omsdev/oms/pkg/tracing"
 )
 
 func main() {
@@ -40,6 +45,13 @@ func main() {
 		os.Exit(2)
 	}
 	log := logging.New(os.Stdout, "processor", cfg.LogLevel)
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		if err := serve.HealthCheck(cfg.HTTPAddr); err != nil {
+			fmt.Fprintln(os.Stderr, "processor:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "migrate" {
 		err = migrate(ctx, cfg.DatabaseURL, os.Args[2:], log)
 	} else {
@@ -52,10 +64,16 @@ func main() {
 }
 
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	stopTracing, err := tracing.Setup(ctx, "processor")
+	if err != nil {
+		return err
+	}
+	defer stopTracing(context.Background())
 	db := orderstore.Open(cfg.DatabaseURL)
 	db.SetMaxOpenConns(cfg.DBMaxConns)
 	db.SetMaxIdleConns(cfg.DBMaxConns)
 	defer db.Close()
+	metrics.Register(collectors.NewDBStatsCollector(db.DB, "oms"))
 
 	client, err := queue.NewClient(ctx, cfg.Queue)
 	if err != nil {
@@ -89,13 +107,18 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	poison, err := middleware.PoisonQueueWithFilter(pub, cfg.Queue.DeadLetterQueue, permanent)
+	metrics.Register(newStateCollector(db.DB, client, map[string]string{
+		cfg.Queue.CommandQueue: urls.Command, cfg.Queue.DeadLetterQueue: urls.DeadLetter, cfg.Queue.NotificationQueue: urls.Notification,
+	}))
+	wmetrics.NewPrometheusMetricsBuilder(metrics.Registry, "", "").AddPrometheusRouterMetrics(router)
+	poison, err := middleware.PoisonQueueWithFilter(countingPublisher{pub}, cfg.Queue.DeadLetterQueue, permanent)
 	if err != nil {
 		return err
 	}
 	// Outermost first. Poison sees the final error; Recoverer turns a panic
 	// into an error (permanent) that the rest see.
 	router.AddMiddleware(
+		countOutcomes,
 		middleware.CorrelationID,
 		poison,
 		middleware.Retry{
@@ -181,7 +204,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return errors.Join(rerr, ferr)
 }
 
-// listenHealth serves /healthz and /readyz for Kubernetes probes.
+// listenHealth serves /healthz and /readyz for Kubernetes probes, and
+// /metrics.
 func listenHealth(addr string, ready func(context.Context) error, log *slog.Logger) (*http.Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -189,6 +213,7 @@ func listenHealth(addr string, ready func(context.Context) error, log *slog.Logg
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.Handle("GET /metrics", metrics.Handler())
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()

@@ -16,6 +16,7 @@ import (
 	"github.com/omsdev/oms/pkg/orderstore"
 	"github.com/omsdev/oms/pkg/outbox"
 	"github.com/omsdev/oms/pkg/queue"
+	"github.com/omsdev/oms/pkg/tracing"
 )
 
 var eventIDSpace = uuid.MustParse("2c3b9d7e-0f5a-4e61-b2a4-7d8e9f1a0b3c")
@@ -44,5 +45,6 @@ func (n notifier) write(ctx context.Context, tx bun.Tx, r orderstore.Result) err
 	if c := note.CorrelationId; c != "" {
 		middleware.SetCorrelationID(c, msg)
 	}
+	tracing.Inject(ctx, msg.Metadata) // consumers of notifications join the trace
 	return outbox.Publish(ctx, tx.Tx, n.queue, msg)
 }

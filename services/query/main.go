@@ -11,14 +11,17 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
 
 	omsv1 "github.com/omsdev/oms/proto/oms/v1"
 
 	"github.com/omsdev/oms/pkg/config"
 	"github.com/omsdev/oms/pkg/logging"
+	"github.com/omsdev/oms/pkg/metrics"
 	"github.com/omsdev/oms/pkg/orderstore"
 	"github.com/omsdev/oms/pkg/serve"
+	"github.com/omsdev/oms/pkg/tracing"
 )
 
 type Config struct {
@@ -50,6 +53,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "query:", err)
 		os.Exit(2)
 	}
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		if err := serve.HealthCheck(cfg.HTTPAddr); err != nil {
+			fmt.Fprintln(os.Stderr, "query:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	log := logging.New(os.Stdout, "query", cfg.LogLevel)
 	if err := run(ctx, cfg, log); err != nil {
 		log.Error("query failed", "err", err)
@@ -58,10 +68,16 @@ func main() {
 }
 
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	stopTracing, err := tracing.Setup(ctx, "query")
+	if err != nil {
+		return err
+	}
+	defer stopTracing(context.Background())
 	db := orderstore.Open(cfg.DatabaseURL)
 	db.SetMaxOpenConns(cfg.DBMaxConns)
 	db.SetMaxIdleConns(cfg.DBMaxConns)
 	defer db.Close()
+	metrics.Register(collectors.NewDBStatsCollector(db.DB, "oms"))
 	svc := &queryService{store: orderstore.New(db, nil)}
 	srv, err := serve.Listen(serve.API{
 		Name:     "query",
