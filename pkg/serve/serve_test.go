@@ -141,4 +141,3 @@ func TestServerEdges(t *testing.T) {
 		t.Error("HealthCheck of nothing succeeded")
 	}
 }
-
