@@ -5,7 +5,7 @@ PKGS := $(addsuffix /...,$(addprefix ./,$(MODULES)))
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/oms?sslmode=disable
 export DATABASE_URL
 
-.PHONY: all build build-local run demo load test test-short generate check-generated lint migrate migrate-down postgres clean
+.PHONY: all build build-local run demo load bench test test-short generate check-generated lint migrate migrate-down postgres clean
 
 all: lint test
 
@@ -27,6 +27,11 @@ N ?= 2000
 C ?= 16
 load:
 	go run ./deploy/local/cmd/omsload -n $(N) -c $(C)
+
+## bench: Go benchmarks, each reported against a raw ceiling measured in the same run (pgbench, the bare SQS client)
+bench: postgres
+	go test -run '^$$' -bench . -benchtime 5s ./pkg/orderstore
+	go test -run '^$$' -bench . -benchtime 20000x ./pkg/queue
 
 ## build-local: the services plus the local tools (emulator, stack runner, load generator)
 build-local:

@@ -206,6 +206,10 @@ func (p *BatchPublisher) send(batch []*entry) {
 func (p *BatchPublisher) sendBatch(batch []*entry) {
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
+	if len(batch) == 1 {
+		batch[0].done <- p.sendOne(ctx, batch[0])
+		return
+	}
 	reqs := make([]types.SendMessageBatchRequestEntry, len(batch))
 	for i, e := range batch {
 		reqs[i] = e.req
@@ -235,21 +239,25 @@ func (p *BatchPublisher) sendBatch(batch []*entry) {
 	// unreadable to the SDK). Resending it alone with the same
 	// deduplication id cannot duplicate it on a FIFO queue.
 	for i, e := range batch {
-		if answered[i] {
-			continue
+		if !answered[i] {
+			e.done <- p.sendOne(ctx, e)
 		}
-		_, err := p.api.SendMessage(ctx, &sqs.SendMessageInput{
-			QueueUrl:               aws.String(p.url),
-			MessageBody:            e.req.MessageBody,
-			MessageAttributes:      e.req.MessageAttributes,
-			MessageGroupId:         e.req.MessageGroupId,
-			MessageDeduplicationId: e.req.MessageDeduplicationId,
-		})
-		if err != nil {
-			err = fmt.Errorf("resend unconfirmed batch entry: %w", err)
-		}
-		e.done <- err
 	}
+}
+
+// sendOne sends an entry alone: a batch of one, or an unconfirmed entry.
+func (p *BatchPublisher) sendOne(ctx context.Context, e *entry) error {
+	_, err := p.api.SendMessage(ctx, &sqs.SendMessageInput{
+		QueueUrl:               aws.String(p.url),
+		MessageBody:            e.req.MessageBody,
+		MessageAttributes:      e.req.MessageAttributes,
+		MessageGroupId:         e.req.MessageGroupId,
+		MessageDeduplicationId: e.req.MessageDeduplicationId,
+	})
+	if err != nil {
+		return fmt.Errorf("send message: %w", err)
+	}
+	return nil
 }
 
 func index(id *string, n int) (int, bool) {

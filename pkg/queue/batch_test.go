@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 }
 
 // testQueues creates a fresh set of queues on the emulator.
-func testQueues(t *testing.T) (queue.Config, *sqs.Client, queue.URLs) {
+func testQueues(t testing.TB) (queue.Config, *sqs.Client, queue.URLs) {
 	t.Helper()
 	prefix := "t" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")
 	c := queue.Config{

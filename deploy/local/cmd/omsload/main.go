@@ -26,6 +26,10 @@ type config struct {
 	Visible    bool
 	Lifecycle  bool
 	JSON       bool
+	// Ceiling: measure pgbench on DatabaseURL first, with PGClients.
+	Ceiling     bool
+	DatabaseURL string
+	PGClients   int
 }
 
 func parseFlags(args []string) (config, error) {
@@ -34,14 +38,19 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.N, "n", 1000, "orders to create")
 	fs.IntVar(&c.C, "c", 16, "concurrent POSTing workers")
 	fs.IntVar(&c.MaxPending, "max-pending", 0, "most orders accepted but not yet visible; workers wait above it (default 20*c)")
-	fs.IntVar(&c.Pollers, "pollers", 0, "most concurrent visibility polls per stage (default 4*c)")
+	fs.IntVar(&c.Pollers, "pollers", 0, "most concurrent visibility polls per stage (default c)")
 	fs.StringVar(&c.Ingest, "ingest", "http://127.0.0.1:8080", "ingest base URL")
 	fs.StringVar(&c.Query, "query", "http://127.0.0.1:8081", "query base URL")
 	fs.DurationVar(&c.Timeout, "timeout", 5*time.Minute, "overall time limit")
-	fs.DurationVar(&c.Poll, "poll", 20*time.Millisecond, "interval between visibility polls of one order")
+	// Polling competes with the system it measures for the same cores;
+	// 100ms and c pollers keep that share small.
+	fs.DurationVar(&c.Poll, "poll", 100*time.Millisecond, "interval between visibility polls of one order")
 	fs.BoolVar(&c.Visible, "visible", true, "measure POST→visible by polling query")
 	fs.BoolVar(&c.Lifecycle, "lifecycle", false, "after the create is visible, pay the order and wait for PAID")
 	fs.BoolVar(&c.JSON, "json", false, "also print the final report as JSON")
+	fs.BoolVar(&c.Ceiling, "ceiling", true, "first measure the raw database ceiling with pgbench, to report throughput against")
+	fs.StringVar(&c.DatabaseURL, "database-url", envOr("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable"), "the stack's database, for the ceiling")
+	fs.IntVar(&c.PGClients, "pg-clients", 1, "pgbench clients: match the processor's PROCESSOR_SUBSCRIPTIONS")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -49,7 +58,7 @@ func parseFlags(args []string) (config, error) {
 		c.MaxPending = 20 * c.C
 	}
 	if c.Pollers == 0 {
-		c.Pollers = 4 * c.C
+		c.Pollers = c.C
 	}
 	switch {
 	case c.N < 1 || c.C < 1 || c.MaxPending < 1 || c.Pollers < 1:
@@ -79,12 +88,28 @@ func main() {
 	}
 }
 
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
 // errIncomplete means the run finished but not every order made it.
 var errIncomplete = errors.New("not every order was accepted and applied")
 
 func run(ctx context.Context, cfg config) error {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
+
+	var ceil ceiling
+	if cfg.Ceiling && cfg.Visible {
+		fmt.Fprintf(os.Stderr, "measuring the pgbench ceiling (%d client(s), 5s)...\n", cfg.PGClients)
+		var err error
+		if ceil, err = measureCeiling(ctx, cfg.DatabaseURL, cfg.PGClients); err != nil {
+			return fmt.Errorf("ceiling (run with -ceiling=false to skip): %w", err)
+		}
+	}
 
 	l := newLoader(cfg, newClient(cfg))
 	stopProgress := l.progress(time.Second)
@@ -95,6 +120,7 @@ func run(ctx context.Context, cfg config) error {
 
 	r := l.st.report(cfg, wall, postPhase)
 	r.print(os.Stdout)
+	ceil.print(os.Stdout, r.VisiblePerSec)
 	if cfg.JSON {
 		if err := r.printJSON(os.Stdout); err != nil {
 			return err

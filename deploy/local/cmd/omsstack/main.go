@@ -32,7 +32,10 @@ var defaults = map[string]string{
 	"SQS_ENDPOINT":            "http://127.0.0.1:4100",
 	"AWS_REGION":              "us-east-1",
 	"PROCESSOR_SUBSCRIPTIONS": "1", // goaws keeps FIFO order only with one consumer
-	"LOG_LEVEL":               "info",
+	// goaws's batch replies are unreadable, so each batched entry would be
+	// confirmed by a second send; single sends are faster there.
+	"INGEST_BATCH_MAX_ENTRIES": "1",
+	"LOG_LEVEL":                "info",
 }
 
 type service struct {
