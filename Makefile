@@ -1,11 +1,11 @@
 # OMS front door. `make run` starts the whole stack; `make test` runs every test.
 SHELL := /bin/bash
-MODULES := proto pkg services/ingest services/processor services/query deploy/local e2e
+MODULES := proto pkg services/ingest services/processor services/query deploy/local deploy/k8s e2e
 PKGS := $(addsuffix /...,$(addprefix ./,$(MODULES)))
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/oms?sslmode=disable
 export DATABASE_URL
 
-.PHONY: all build build-local run demo load bench test test-short generate check-generated lint migrate migrate-down postgres clean
+.PHONY: all build build-local images k8s run demo load bench test test-short generate check-generated lint migrate migrate-down postgres clean
 
 all: lint test
 
@@ -13,6 +13,16 @@ all: lint test
 build:
 	@mkdir -p bin
 	CGO_ENABLED=0 go build -trimpath -o bin/ ./services/ingest ./services/processor ./services/query
+
+## images: the three service images (and the emulator's), where a Docker engine runs
+IMAGE_TAG ?= dev
+images:
+	@docker info >/dev/null 2>&1 || { echo "images: no Docker engine here; 'make build' makes the same static binaries"; exit 1; }
+	for s in ingest processor query sqslocal; do docker build -f deploy/$$s/Dockerfile -t ghcr.io/omsdev/oms-$$s:$(IMAGE_TAG) . || exit 1; done
+
+## k8s: render the Kubernetes overlays (kustomize as a Go library, offline) and check them
+k8s:
+	go test -count=1 -run 'Render' ./deploy/k8s
 
 ## run: the whole stack (PostgreSQL, SQS emulator, migrations, queues, the three services); Ctrl-C stops it
 run: postgres build-local

@@ -27,7 +27,7 @@ func TestTraceCrossesTheQueue(t *testing.T) {
 	waitOrder(t, r.body["name"].(string), inState("CREATED"))
 	var applied map[string]any
 	waitFor(10*time.Second, func() error {
-		applied = findLog(sys.procOutput("processor"), "command applied", reqID)
+		applied = findLog(sys.output("processor"), "command applied", reqID)
 		if applied == nil {
 			return context.DeadlineExceeded
 		}
@@ -36,7 +36,7 @@ func TestTraceCrossesTheQueue(t *testing.T) {
 	if applied == nil || applied["trace_id"] != traceID || applied["correlation_id"] != traceID {
 		t.Errorf("processor's log line for the command: %v; want trace and correlation id %s", applied, traceID)
 	}
-	accepted := findLog(sys.procOutput("ingest"), "command accepted", reqID)
+	accepted := findLog(sys.output("ingest"), "command accepted", reqID)
 	if accepted == nil || accepted["trace_id"] != traceID {
 		t.Errorf("ingest's log line for the command: %v", accepted)
 	}

@@ -44,6 +44,7 @@ type stack struct {
 	processorHTTP          string
 
 	mu        sync.Mutex
+	ingest    *proc // the shared one; some tests start more
 	processor *proc
 	procs     []*proc
 }
@@ -171,7 +172,7 @@ func startStack(bin string) (*stack, error) {
 	s.ingestHTTP, s.ingestGRPC = freeAddr(), freeAddr()
 	s.queryHTTP, s.queryGRPC = freeAddr(), freeAddr()
 	s.processorHTTP = freeAddr()
-	if _, err := s.start("ingest", s.ingestEnv(s.queues, s.ingestHTTP, s.ingestGRPC)); err != nil {
+	if s.ingest, err = s.start("ingest", s.ingestEnv(s.queues, s.ingestHTTP, s.ingestGRPC)); err != nil {
 		return s, err
 	}
 	if _, err := s.start("query", s.env("HTTP_ADDR="+s.queryHTTP, "GRPC_ADDR="+s.queryGRPC)); err != nil {
@@ -386,14 +387,12 @@ func (s *stack) logs() string {
 	return b.String()
 }
 
-// procOutput is the output of the latest process named name.
-func (s *stack) procOutput(name string) string {
+// output returns what the shared ingest or the current processor printed.
+func (s *stack) output(name string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i := len(s.procs) - 1; i >= 0; i-- {
-		if s.procs[i].name == name {
-			return s.procs[i].out.String()
-		}
+	if name == "ingest" {
+		return s.ingest.out.String()
 	}
-	return ""
+	return s.processor.out.String()
 }
