@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	wsqs "github.com/ThreeDotsLabs/watermill-aws/sqs"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
@@ -18,6 +19,10 @@ import (
 const (
 	MetaGroupID = "oms_group_id"
 	MetaDedupID = "oms_dedup_id"
+	// MetaReceiptHandle is set on received messages so a consumer can hand
+	// one back (ChangeMessageVisibility) instead of waiting out its
+	// visibility timeout. It is never sent.
+	MetaReceiptHandle = "oms_receipt_handle"
 )
 
 // ErrNoGroupID: a FIFO message without a group id. Real SQS rejects it;
@@ -47,6 +52,7 @@ func FIFOSendInput(ctx context.Context, url wsqs.QueueURL, m *types.Message) (*s
 	}
 	delete(attrs, MetaGroupID)
 	delete(attrs, MetaDedupID)
+	delete(attrs, MetaReceiptHandle)
 	in.MessageAttributes = attrs
 	in.MessageGroupId, in.MessageDeduplicationId = group, dedup
 	if len(attrs) > 10 {
@@ -83,6 +89,7 @@ func NewSubscriber(ctx context.Context, c Config, maxMessages int32, logger wate
 		AWSConfig:                   cfg,
 		OptFns:                      opts,
 		DoNotCreateQueueIfNotExists: true,
+		Unmarshaler: receiptUnmarshaler{},
 		GenerateReceiveMessageInput: func(ctx context.Context, url wsqs.QueueURL) (*sqs.ReceiveMessageInput, error) {
 			return &sqs.ReceiveMessageInput{
 				QueueUrl:              aws.String(string(url)),
@@ -92,4 +99,29 @@ func NewSubscriber(ctx context.Context, c Config, maxMessages int32, logger wate
 			}, nil
 		},
 	}, logger)
+}
+
+// receiptUnmarshaler is watermill-aws's default, plus the receipt handle.
+type receiptUnmarshaler struct{ wsqs.DefaultMarshalerUnmarshaler }
+
+func (u receiptUnmarshaler) Unmarshal(m *types.Message) (*message.Message, error) {
+	msg, err := u.DefaultMarshalerUnmarshaler.Unmarshal(m)
+	if err == nil && m.ReceiptHandle != nil {
+		msg.Metadata.Set(MetaReceiptHandle, *m.ReceiptHandle)
+	}
+	return msg, err
+}
+
+// Release makes a received message visible again at once, for another
+// consumer: what a consumer that is shutting down does with a message it
+// will not process.
+func Release(ctx context.Context, client *sqs.Client, url string, msg *message.Message) error {
+	h := msg.Metadata.Get(MetaReceiptHandle)
+	if h == "" {
+		return errors.New("message has no receipt handle")
+	}
+	_, err := client.ChangeMessageVisibility(ctx, &sqs.ChangeMessageVisibilityInput{
+		QueueUrl: aws.String(url), ReceiptHandle: aws.String(h), VisibilityTimeout: 0,
+	})
+	return err
 }

@@ -13,6 +13,9 @@ import (
 // first would cancel their contexts mid-transaction.)
 type gate struct {
 	message.Subscriber
+	// giveBack returns a message received after Stop to the queue, so it
+	// need not wait out its visibility timeout (nor block its FIFO group).
+	giveBack func(*message.Message)
 
 	mu       sync.Mutex
 	stopped  bool
@@ -20,8 +23,8 @@ type gate struct {
 	idle     chan struct{} // closed once stopped with nothing in flight
 }
 
-func newGate(sub message.Subscriber) *gate {
-	return &gate{Subscriber: sub, idle: make(chan struct{})}
+func newGate(sub message.Subscriber, giveBack func(*message.Message)) *gate {
+	return &gate{Subscriber: sub, giveBack: giveBack, idle: make(chan struct{})}
 }
 
 func (g *gate) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
@@ -34,8 +37,9 @@ func (g *gate) Subscribe(ctx context.Context, topic string) (<-chan *message.Mes
 		defer close(out)
 		for msg := range in {
 			if !g.take() {
-				// Hold it unacked: SQS redelivers it after its visibility
-				// timeout. Reading on lets the subscriber close.
+				// Not processed, not acked: give it back. Reading on lets
+				// the subscriber close.
+				g.giveBack(msg)
 				continue
 			}
 			select {

@@ -13,7 +13,8 @@ import (
 // flight; messages arriving after Stop are held, not handed out.
 func TestGateDrains(t *testing.T) {
 	pubsub := gochannel.NewGoChannel(gochannel.Config{}, nil)
-	g := newGate(pubsub)
+	givenBack := make(chan string, 1)
+	g := newGate(pubsub, func(m *message.Message) { givenBack <- m.UUID })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	out, err := g.Subscribe(ctx, "t")
@@ -33,7 +34,12 @@ func TestGateDrains(t *testing.T) {
 	select {
 	case m := <-out:
 		t.Fatalf("message %s handed out after Stop", m.UUID)
-	case <-time.After(100 * time.Millisecond):
+	case id := <-givenBack:
+		if id != "2" {
+			t.Errorf("gave back %s, want 2", id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("message received after Stop was neither handed out nor given back")
 	}
 	first.Ack()
 	if err := g.Wait(context.Background()); err != nil {

@@ -100,7 +100,15 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	commands := newGate(sub)
+	commands := newGate(sub, func(m *message.Message) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := queue.Release(ctx, client, urls.Command, m); err != nil {
+			log.Warn("could not give back a message received while draining; it returns after its visibility timeout", "err", err)
+			return
+		}
+		log.Info("gave back a message received while draining", "message_uuid", m.UUID)
+	})
 	a := &applier{store: orderstore.New(db, notifier{queue: cfg.Queue.NotificationQueue}.write), log: log}
 
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.DrainTimeout}, wlog)
