@@ -6,8 +6,8 @@ import (
 	"fmt"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill/message"
 	wsqs "github.com/ThreeDotsLabs/watermill-aws/sqs"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
@@ -89,7 +89,7 @@ func NewSubscriber(ctx context.Context, c Config, maxMessages int32, logger wate
 		AWSConfig:                   cfg,
 		OptFns:                      opts,
 		DoNotCreateQueueIfNotExists: true,
-		Unmarshaler: receiptUnmarshaler{},
+		Unmarshaler:                 receiptUnmarshaler{},
 		GenerateReceiveMessageInput: func(ctx context.Context, url wsqs.QueueURL) (*sqs.ReceiveMessageInput, error) {
 			return &sqs.ReceiveMessageInput{
 				QueueUrl:              aws.String(string(url)),
@@ -102,7 +102,9 @@ func NewSubscriber(ctx context.Context, c Config, maxMessages int32, logger wate
 }
 
 // receiptUnmarshaler is watermill-aws's default, plus the receipt handle.
-type receiptUnmarshaler struct{ wsqs.DefaultMarshalerUnmarshaler }
+type receiptUnmarshaler struct {
+	wsqs.DefaultMarshalerUnmarshaler
+}
 
 func (u receiptUnmarshaler) Unmarshal(m *types.Message) (*message.Message, error) {
 	msg, err := u.DefaultMarshalerUnmarshaler.Unmarshal(m)
