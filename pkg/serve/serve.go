@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -178,8 +179,20 @@ func routeLabel(next runtime.HandlerFunc) runtime.HandlerFunc {
 	}
 }
 
-// HealthCheck asks the service listening on addr whether it is alive: the
-// `healthcheck` subcommand, for container runtimes without curl or a shell.
+// HealthCheckCommand runs the `healthcheck` subcommand when args (os.Args)
+// ask for it, for container runtimes without curl or a shell, and exits.
+func HealthCheckCommand(args []string, name, addr string) {
+	if len(args) < 2 || args[1] != "healthcheck" {
+		return
+	}
+	if err := HealthCheck(addr); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// HealthCheck asks the service listening on addr whether it is alive.
 func HealthCheck(addr string) error {
 	c := http.Client{Timeout: 3 * time.Second}
 	resp, err := c.Get("http://" + loopback(addr) + "/healthz")

@@ -64,13 +64,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ingest:", err)
 		os.Exit(2)
 	}
-	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		if err := serve.HealthCheck(cfg.HTTPAddr); err != nil {
-			fmt.Fprintln(os.Stderr, "ingest:", err)
-			os.Exit(1)
-		}
-		return
-	}
+	serve.HealthCheckCommand(os.Args, "ingest", cfg.HTTPAddr)
 	log := logging.New(os.Stdout, "ingest", cfg.LogLevel)
 	if err := run(ctx, cfg, log); err != nil {
 		log.Error("ingest failed", "err", err)

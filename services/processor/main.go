@@ -45,13 +45,7 @@ func main() {
 		os.Exit(2)
 	}
 	log := logging.New(os.Stdout, "processor", cfg.LogLevel)
-	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		if err := serve.HealthCheck(cfg.HTTPAddr); err != nil {
-			fmt.Fprintln(os.Stderr, "processor:", err)
-			os.Exit(1)
-		}
-		return
-	}
+	serve.HealthCheckCommand(os.Args, "processor", cfg.HTTPAddr)
 	if len(os.Args) > 1 && os.Args[1] == "migrate" {
 		err = migrate(ctx, cfg.DatabaseURL, os.Args[2:], log)
 	} else {

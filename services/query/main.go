@@ -53,13 +53,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "query:", err)
 		os.Exit(2)
 	}
-	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		if err := serve.HealthCheck(cfg.HTTPAddr); err != nil {
-			fmt.Fprintln(os.Stderr, "query:", err)
-			os.Exit(1)
-		}
-		return
-	}
+	serve.HealthCheckCommand(os.Args, "query", cfg.HTTPAddr)
 	log := logging.New(os.Stdout, "query", cfg.LogLevel)
 	if err := run(ctx, cfg, log); err != nil {
 		log.Error("query failed", "err", err)
