@@ -125,7 +125,7 @@ func (s *Store) apply(ctx context.Context, tx bun.Tx, cmd order.Command) (Result
 		return Result{}, fmt.Errorf("claim command: %w", err)
 	}
 	if n, _ := r.RowsAffected(); n == 0 {
-		return s.duplicate(ctx, tx, cmd.ID, fp)
+		return s.duplicate(ctx, tx, cmd, fp, now)
 	}
 
 	cur, lastSeq, err := lockOrder(ctx, tx, cmd.OrderID)
@@ -177,16 +177,49 @@ func (s *Store) apply(ctx context.Context, tx bun.Tx, cmd order.Command) (Result
 	return res, nil
 }
 
-func (s *Store) duplicate(ctx context.Context, tx bun.Tx, id string, fp []byte) (Result, error) {
+// duplicate handles a command id seen before. A plain redelivery changes
+// nothing. A reused id carrying a different request is not applied either,
+// but the client was told "accepted", so the order's history records the
+// refusal, once.
+func (s *Store) duplicate(ctx context.Context, tx bun.Tx, cmd order.Command, fp []byte, now time.Time) (Result, error) {
 	var prev commandRow
-	if err := tx.NewSelect().Model(&prev).Where("command_id = ?", id).Scan(ctx); err != nil {
+	if err := tx.NewSelect().Model(&prev).Where("command_id = ?", cmd.ID).Scan(ctx); err != nil {
 		return Result{}, fmt.Errorf("load processed command: %w", err)
 	}
-	return Result{
-		Outcome:  Duplicate,
-		Reason:   prev.Reason,
-		Mismatch: !bytes.Equal(prev.Fingerprint, fp),
-	}, errDuplicate
+	res := Result{Outcome: Duplicate, Reason: prev.Reason, Mismatch: !bytes.Equal(prev.Fingerprint, fp)}
+	if !res.Mismatch {
+		return res, errDuplicate
+	}
+	cur, lastSeq, err := lockOrder(ctx, tx, cmd.OrderID)
+	if err != nil {
+		return Result{}, err
+	}
+	reason := fmt.Sprintf("request id %s was already used for a different request; this one was not applied", cmd.ID)
+	if cur == nil {
+		return res, errDuplicate // no history to record it in
+	}
+	recorded, err := tx.NewSelect().Model((*eventRow)(nil)).
+		Where("order_id = ?", cmd.OrderID).Where("command_id = ?", cmd.ID).Where("reason = ?", reason).Exists(ctx)
+	if err != nil || recorded {
+		return res, errors.Join(err, errDuplicate)
+	}
+	res.Order = cur
+	res.Event = order.Event{
+		OrderID: cmd.OrderID, Seq: lastSeq + 1, Type: order.EventCommandRejected, From: cur.State, To: cur.State,
+		CommandID: cmd.ID, Command: cmd.Kind(), Reason: reason, Payload: map[string]any{}, OccurTime: now, OrderVersion: cur.Version,
+	}
+	if _, err := tx.NewUpdate().Table("orders").Set("last_event_seq = ?", res.Event.Seq).Where("id = ?", cmd.OrderID).Exec(ctx); err != nil {
+		return Result{}, fmt.Errorf("record reused request id: %w", err)
+	}
+	if _, err := tx.NewInsert().Model(toEventRow(res.Event)).Exec(ctx); err != nil {
+		return Result{}, fmt.Errorf("record reused request id: %w", err)
+	}
+	if s.hook != nil {
+		if err := s.hook(ctx, tx, res); err != nil {
+			return Result{}, fmt.Errorf("tx hook: %w", err)
+		}
+	}
+	return res, nil
 }
 
 // lockOrder loads the order FOR UPDATE; it returns nil when there is none.

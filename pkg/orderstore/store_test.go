@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -394,6 +395,8 @@ func TestInvalidCreateBecomesRejectedOrder(t *testing.T) {
 	}
 }
 
+// A reused idempotency key with a different request is not applied, and
+// the order's history says so, once however often it is delivered.
 func TestReusedKeyWithDifferentRequest(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
@@ -402,8 +405,26 @@ func TestReusedKeyWithDifferentRequest(t *testing.T) {
 	pay := cmd(id, order.PayOrder{Reference: "a", AmountMinor: 2950})
 	mustApply(t, s, pay, orderstore.Applied)
 	pay.Body = order.PayOrder{Reference: "b", AmountMinor: 2950}
-	if res := mustApply(t, s, pay, orderstore.Duplicate); !res.Mismatch {
-		t.Error("a reused key with another request was not flagged")
+	for range 3 {
+		if res := mustApply(t, s, pay, orderstore.Duplicate); !res.Mismatch {
+			t.Error("a reused key with another request was not flagged")
+		}
+	}
+	evs := events(t, s, id)
+	if len(evs) != 3 || evs[2].Type != order.EventCommandRejected || !strings.Contains(evs[2].Reason, "already used") {
+		t.Fatalf("history %+v, want one recorded refusal", evs)
+	}
+	got, _ := s.Get(context.Background(), id, nil)
+	if got.Payment.Reference != "a" || got.Version != 2 {
+		t.Errorf("the reused key changed the order: %+v", got)
+	}
+	// A plain redelivery of the original records nothing.
+	pay.Body = order.PayOrder{Reference: "a", AmountMinor: 2950}
+	if res := mustApply(t, s, pay, orderstore.Duplicate); res.Mismatch {
+		t.Error("redelivery flagged as a mismatch")
+	}
+	if n := len(events(t, s, id)); n != 3 {
+		t.Errorf("redelivery appended history: %d events", n)
 	}
 }
 
