@@ -108,6 +108,10 @@ func TestReadMaskReturnsOnlySelectedFields(t *testing.T) {
 	if !proto.Equal(got, want) {
 		t.Errorf("gRPC masked response %v, want %v", got, want)
 	}
+	if r := do(t, "GET", query("/v1/"+name+"?read_mask=state,lineItems"), ""); r.status != http.StatusOK || r.body["id"] != nil ||
+		len(r.body["lineItems"].([]any)) != 1 {
+		t.Errorf("mask without id: %d %s", r.status, r.raw)
+	}
 	if r := do(t, "GET", query("/v1/"+name+"?read_mask=password"), ""); r.status != http.StatusBadRequest {
 		t.Errorf("unknown mask field: %d %s", r.status, r.raw)
 	}
@@ -417,4 +421,64 @@ func TestQueueDownAnswersUnavailable(t *testing.T) {
 	if err := ing.stop(15 * time.Second); err != nil {
 		t.Error(err)
 	}
+}
+
+// A request id reused for a different request is not swallowed by SQS
+// deduplication and not applied: the order's history says why.
+func TestReusedRequestIDIsRefusedVisibly(t *testing.T) {
+	t.Parallel()
+	name := create(t)
+	waitOrder(t, name, inState("CREATED"))
+	key := uuid.NewString()
+	for _, body := range []string{`{"reason":"first"}`, `{"reason":"second, same key"}`} {
+		if r := do(t, "POST", ingest("/v1/"+name+":cancel"), body, "Idempotency-Key", key); r.status != http.StatusAccepted {
+			t.Fatalf("%d %s", r.status, r.raw)
+		}
+	}
+	var evs []map[string]any
+	waitFor(30*time.Second, func() error {
+		if evs = events(t, name); len(evs) < 3 {
+			return context.DeadlineExceeded
+		}
+		return nil
+	})
+	if got := eventTypes(evs); got != "order.created,order.cancelled,command.rejected" {
+		t.Fatalf("history: %s\n%s", got, sys.logs())
+	}
+	if !strings.Contains(evs[2]["reason"].(string), "already used for a different request") {
+		t.Errorf("refusal: %v", evs[2])
+	}
+	o := do(t, "GET", query("/v1/"+name+"?read_mask=state,cancellation"), "").body
+	if c, _ := o["cancellation"].(map[string]any); c["reason"] != "first" {
+		t.Errorf("order: %v", o)
+	}
+}
+
+// A command for an order that does not exist is dead-lettered with the
+// reason at once, not retried.
+func TestCommandForMissingOrderIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	missing := "orders/" + uuid.NewString()
+	command(t, missing, "deliver", `{}`)
+	ctx := context.Background()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		out, err := sys.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
+			QueueUrl: aws.String(sys.urls.DeadLetter), MaxNumberOfMessages: 10, WaitTimeSeconds: 1,
+			MessageAttributeNames: []string{"All"}, VisibilityTimeout: 1,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range out.Messages {
+			if !strings.Contains(aws.ToString(m.Body), strings.TrimPrefix(missing, "orders/")) {
+				continue
+			}
+			if reason := aws.ToString(m.MessageAttributes["reason_poisoned"].StringValue); !strings.Contains(reason, "order not found") {
+				t.Errorf("dead-lettered with reason %q", reason)
+			}
+			return
+		}
+	}
+	t.Fatalf("the command never reached the dead-letter queue\n%s", sys.logs())
 }

@@ -87,7 +87,7 @@ func Decide(current *Order, cmd Command, now time.Time) Decision {
 	}
 	if err := Validate(cmd.Body); err != nil {
 		if create, ok := cmd.Body.(CreateOrder); ok {
-			return rejectCreate(cmd, create, now, err)
+			return RejectCreate(cmd, create, now, err)
 		}
 		return reject(current, cmd, now, err)
 	}
@@ -116,7 +116,10 @@ func Decide(current *Order, cmd Command, now time.Time) Decision {
 		payload["carrier"] = b.Carrier
 		payload["tracking_number"] = b.TrackingNumber
 	case DeliverOrder:
-		s := *next.Shipment
+		var s Shipment
+		if next.Shipment != nil {
+			s = *next.Shipment
+		}
 		s.DeliverTime = now
 		next.Shipment = &s
 	case CancelOrder:
@@ -163,9 +166,9 @@ func reject(current *Order, cmd Command, now time.Time, err error) Decision {
 	return Decision{Event: e, Err: err}
 }
 
-// rejectCreate records an invalid create as an order in state REJECTED, so
-// the client that was told "accepted" can read why it failed.
-func rejectCreate(cmd Command, c CreateOrder, now time.Time, err error) Decision {
+// RejectCreate records a create that cannot be applied as an order in state
+// REJECTED, so the client that was told "accepted" can read why it failed.
+func RejectCreate(cmd Command, c CreateOrder, now time.Time, err error) Decision {
 	o := Order{
 		ID:              cmd.OrderID,
 		CustomerID:      truncate(c.CustomerID, MaxIDLen),

@@ -81,6 +81,9 @@ func (vs *violations) text(field, s string, required bool, max int) {
 		vs.add(field, "must be at most %d characters", max)
 	case strings.IndexFunc(s, unicode.IsControl) >= 0:
 		vs.add(field, "must not contain control characters")
+	case strings.ContainsAny(s, "\uFFFE\uFFFF"):
+		// Unicode non-characters: SQS refuses message bodies holding them.
+		vs.add(field, "must not contain the non-characters U+FFFE or U+FFFF")
 	}
 }
 

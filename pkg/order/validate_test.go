@@ -35,6 +35,7 @@ func TestValidateCreate(t *testing.T) {
 		{"long customer", func(c *CreateOrder) { c.CustomerID = strings.Repeat("x", MaxIDLen+1) }, []string{"customer_id"}},
 		{"control char", func(c *CreateOrder) { c.Lines[0].Name = "a\x00b" }, []string{"line_items[0].name"}},
 		{"bad utf8", func(c *CreateOrder) { c.Lines[0].SKU = "\xff" }, []string{"line_items[0].sku"}},
+		{"non-character", func(c *CreateOrder) { c.Lines[0].Name = "mug\uffff" }, []string{"line_items[0].name"}},
 		{"total mismatch", func(c *CreateOrder) { c.ExpectedTotalMinor = ptr(int64(1)) }, []string{"total_minor"}},
 		{"bad region", func(c *CreateOrder) { c.ShippingAddress = &Address{RegionCode: "usa"} }, []string{"shipping_address.region_code"}},
 		{"several at once", func(c *CreateOrder) {

@@ -12,6 +12,22 @@ import (
 	"github.com/uptrace/bun/driver/pgdriver"
 )
 
+// Permanent reports whether err will fail the same way however often the
+// command is retried: bad data or a bug in a statement (SQLSTATE classes
+// 22 data exception, 23 integrity violation, 42 syntax or access rule).
+// Anything else may pass on a retry, and is retried.
+func Permanent(err error) bool {
+	var pgErr pgdriver.Error
+	if !errors.As(err, &pgErr) || len(pgErr.Field('C')) < 2 {
+		return false
+	}
+	switch pgErr.Field('C')[:2] {
+	case "22", "23", "42":
+		return true
+	}
+	return false
+}
+
 // Transient reports whether err is worth retrying: the database was
 // unreachable or restarting, the transaction lost a race (serialization
 // failure, deadlock, ErrConflict) or timed out. Everything else, such as a

@@ -65,16 +65,14 @@ func columns(fields []string, extra ...string) ([]string, bool, error) {
 // Get reads one order, selecting only the columns that fields need (every
 // field when fields is empty).
 func (s *Store) Get(ctx context.Context, id string, fields []string) (*order.Order, error) {
-	cols, wantLines, err := columns(fields)
+	// id always: it keys the line items and proves the order exists.
+	cols, wantLines, err := columns(fields, "id")
 	if err != nil {
 		return nil, err
 	}
 	var row orderRow
 	q := s.db.NewSelect().Model(&row).Where("id = ?", id)
 	if cols != nil {
-		if len(cols) == 0 {
-			cols = []string{"id"} // only line_items: still prove the order exists
-		}
 		q = q.Column(cols...)
 	}
 	if err := q.Scan(ctx); errors.Is(err, sql.ErrNoRows) {

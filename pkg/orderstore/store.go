@@ -91,8 +91,7 @@ var errDuplicate = errors.New("duplicate command")
 //
 // A business rejection is not an error: it is stored and reported as
 // Outcome Rejected. Errors are infrastructure failures, ErrConflict, or
-// ErrNotFound for a non-create command on an order that does not exist yet
-// (its create may still be on its way).
+// ErrNotFound for a non-create command on an order that does not exist.
 func (s *Store) Apply(ctx context.Context, cmd order.Command) (res Result, err error) {
 	defer func() {
 		if err != nil {
@@ -194,23 +193,40 @@ func (s *Store) duplicate(ctx context.Context, tx bun.Tx, cmd order.Command, fp 
 	if err != nil {
 		return Result{}, err
 	}
-	reason := fmt.Sprintf("request id %s was already used for a different request; this one was not applied", cmd.ID)
-	if cur == nil {
-		return res, errDuplicate // no history to record it in
+	refusal := &order.PreconditionError{Reason: fmt.Sprintf(
+		"request id %s was already used for a different request; this one was not applied", cmd.ID)}
+	if cur != nil {
+		recorded, err := tx.NewSelect().Model((*eventRow)(nil)).
+			Where("order_id = ?", cmd.OrderID).Where("command_id = ?", cmd.ID).Where("reason = ?", refusal.Reason).Exists(ctx)
+		if err != nil {
+			return Result{}, fmt.Errorf("look for a recorded refusal: %w", err)
+		}
+		if recorded {
+			return res, errDuplicate
+		}
+		res.Order = cur
+		res.Event = order.Event{
+			Type: order.EventCommandRejected, From: cur.State, To: cur.State, CommandID: cmd.ID, Command: cmd.Kind(),
+			Reason: refusal.Reason, Payload: map[string]any{}, OccurTime: now, OrderVersion: cur.Version,
+		}
+		_, err = tx.NewUpdate().Table("orders").Set("last_event_seq = ?", lastSeq+1).Where("id = ?", cmd.OrderID).Exec(ctx)
+		if err != nil {
+			return Result{}, fmt.Errorf("record reused request id: %w", err)
+		}
+	} else {
+		// A create naming a new order: without a record the order would be
+		// a 404 forever. It becomes a REJECTED order saying why.
+		create, ok := cmd.Body.(order.CreateOrder)
+		if !ok {
+			return res, errDuplicate // no order to record it on
+		}
+		d := order.RejectCreate(cmd, create, now, refusal)
+		res.Order, res.Event = d.Order, d.Event
+		if err := insertOrder(ctx, tx, d.Order, 1); err != nil {
+			return Result{}, err
+		}
 	}
-	recorded, err := tx.NewSelect().Model((*eventRow)(nil)).
-		Where("order_id = ?", cmd.OrderID).Where("command_id = ?", cmd.ID).Where("reason = ?", reason).Exists(ctx)
-	if err != nil || recorded {
-		return res, errors.Join(err, errDuplicate)
-	}
-	res.Order = cur
-	res.Event = order.Event{
-		OrderID: cmd.OrderID, Seq: lastSeq + 1, Type: order.EventCommandRejected, From: cur.State, To: cur.State,
-		CommandID: cmd.ID, Command: cmd.Kind(), Reason: reason, Payload: map[string]any{}, OccurTime: now, OrderVersion: cur.Version,
-	}
-	if _, err := tx.NewUpdate().Table("orders").Set("last_event_seq = ?", res.Event.Seq).Where("id = ?", cmd.OrderID).Exec(ctx); err != nil {
-		return Result{}, fmt.Errorf("record reused request id: %w", err)
-	}
+	res.Event.OrderID, res.Event.Seq = cmd.OrderID, lastSeq+1
 	if _, err := tx.NewInsert().Model(toEventRow(res.Event)).Exec(ctx); err != nil {
 		return Result{}, fmt.Errorf("record reused request id: %w", err)
 	}

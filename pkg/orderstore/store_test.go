@@ -426,6 +426,23 @@ func TestReusedKeyWithDifferentRequest(t *testing.T) {
 	if n := len(events(t, s, id)); n != 3 {
 		t.Errorf("redelivery appended history: %d events", n)
 	}
+
+	// The same key on a create of a new order: that order exists, REJECTED,
+	// and says why, instead of being a 404 forever.
+	other := createCmd(uuid.NewString())
+	other.ID = pay.ID
+	for range 2 {
+		if res := mustApply(t, s, other, orderstore.Duplicate); !res.Mismatch {
+			t.Error("not flagged")
+		}
+	}
+	o, err := s.Get(context.Background(), other.OrderID, nil)
+	if err != nil || o.State != order.StateRejected || !strings.Contains(o.RejectionReason, "already used") {
+		t.Fatalf("order created with a reused key: %+v, %v", o, err)
+	}
+	if n := len(events(t, s, other.OrderID)); n != 1 {
+		t.Errorf("its history has %d entries, want 1", n)
+	}
 }
 
 func TestCommandOnMissingOrderChangesNothing(t *testing.T) {

@@ -75,7 +75,7 @@ func NewRelay(db *sql.DB, out message.Publisher, cfg RelayConfig, logger watermi
 	}
 	return forwarder.NewForwarder(sub, out, logger, forwarder.Config{
 		ForwarderTopic: Topic,
-		CloseTimeout:   10 * time.Second,
+		CloseTimeout:   5 * time.Second,
 		// An envelope that cannot be read would block the outbox forever.
 		AckWhenCannotUnwrap: true,
 	})

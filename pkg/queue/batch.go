@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/aws/smithy-go"
 )
 
 // SendAPI is the part of the SQS client the batch publisher uses.
@@ -206,6 +207,20 @@ func (p *BatchPublisher) send(batch []*entry) {
 func (p *BatchPublisher) sendBatch(batch []*entry) {
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
+	// An entry whose caller gave up has been answered with an error; do
+	// not enqueue it behind the caller's back.
+	live := batch[:0]
+	for _, e := range batch {
+		if err := e.ctx.Err(); err != nil {
+			e.done <- err
+			continue
+		}
+		live = append(live, e)
+	}
+	batch = live
+	if len(batch) == 0 {
+		return
+	}
 	if len(batch) == 1 {
 		batch[0].done <- p.sendOne(ctx, batch[0])
 		return
@@ -254,10 +269,25 @@ func (p *BatchPublisher) sendOne(ctx context.Context, e *entry) error {
 		MessageGroupId:         e.req.MessageGroupId,
 		MessageDeduplicationId: e.req.MessageDeduplicationId,
 	})
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) && refusedCodes[apiErr.ErrorCode()] {
+		return &SendError{Code: apiErr.ErrorCode(), Message: apiErr.ErrorMessage(), SenderFault: true}
+	}
 	if err != nil {
 		return fmt.Errorf("send message: %w", err)
 	}
 	return nil
+}
+
+// refusedCodes are SQS errors about the message itself: resending it will
+// not help, the request must change.
+var refusedCodes = map[string]bool{
+	"InvalidMessageContents":      true,
+	"InvalidParameterValue":       true,
+	"MissingParameter":            true,
+	"InvalidAttributeName":        true,
+	"InvalidAttributeValue":       true,
+	"InvalidParameterCombination": true,
 }
 
 func index(id *string, n int) (int, bool) {

@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/aws/smithy-go"
 	"github.com/google/uuid"
 
 	"github.com/omsdev/oms/pkg/queue"
@@ -232,5 +233,43 @@ func TestBatchPublisherEntryResults(t *testing.T) {
 		if !strings.HasPrefix(d, "dedup-silent-") {
 			t.Errorf("resent %s, which SQS had answered", d)
 		}
+	}
+}
+
+// refusingSQS refuses every single send the way SQS refuses a body with
+// characters it does not accept.
+type refusingSQS struct{ fakeSQS }
+
+func (f *refusingSQS) SendMessage(context.Context, *sqs.SendMessageInput, ...func(*sqs.Options)) (*sqs.SendMessageOutput, error) {
+	return nil, &smithy.GenericAPIError{Code: "InvalidMessageContents", Message: "Invalid binary character", Fault: smithy.FaultClient}
+}
+
+func TestBatchPublisherRefusedMessageIsTheSendersFault(t *testing.T) {
+	p, _ := queue.NewBatchPublisher(&refusingSQS{}, "q.fifo", "url", queue.BatchConfig{MaxEntries: 1})
+	defer p.Close()
+	err := p.Publish("q.fifo", fifoMessage("a", "g"))
+	var se *queue.SendError
+	if !errors.As(err, &se) || !se.SenderFault || se.Code != "InvalidMessageContents" {
+		t.Fatalf("Publish = %v, want a sender-fault SendError", err)
+	}
+}
+
+// A message whose caller already gave up is not sent behind its back.
+func TestBatchPublisherSkipsAbandonedMessages(t *testing.T) {
+	f := &fakeSQS{answer: func(types.SendMessageBatchRequestEntry) string { return "ok" }}
+	p, _ := queue.NewBatchPublisher(f, "q.fifo", "url", queue.BatchConfig{MaxEntries: 10, Linger: 300 * time.Millisecond})
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	m := fifoMessage("late", "g")
+	m.SetContext(ctx)
+	if err := p.Publish("q.fifo", m); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Publish = %v, want the caller's deadline", err)
+	}
+	time.Sleep(400 * time.Millisecond) // past the linger: the batch would have gone
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.batches) != 0 || len(f.singles) != 0 {
+		t.Errorf("sent after the caller gave up: %d batches, %v singles", len(f.batches), f.singles)
 	}
 }

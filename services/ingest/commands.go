@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -125,7 +127,7 @@ func (s *commandService) enqueue(ctx context.Context, vs []order.FieldViolation,
 	}
 	msg := message.NewMessage(cmd.ID, body)
 	msg.Metadata.Set(queue.MetaGroupID, cmd.OrderID)
-	msg.Metadata.Set(queue.MetaDedupID, cmd.ID)
+	msg.Metadata.Set(queue.MetaDedupID, dedupID(cmd))
 	msg.Metadata.Set("command", string(cmd.Kind()))
 	middleware.SetCorrelationID(cmd.CorrelationID, msg)
 	tracing.Inject(ctx, msg.Metadata) // the processor continues this trace
@@ -153,6 +155,18 @@ func (s *commandService) enqueue(ctx context.Context, vs []order.FieldViolation,
 		AcceptTime:         timestamppb.New(cmd.IssueTime),
 		RequestIdGenerated: generated,
 	}, nil
+}
+
+// dedupID is the SQS MessageDeduplicationId: the request id and what the
+// request asks for. A retry deduplicates; a request id reused for a
+// different request is not silently dropped by SQS but reaches the
+// processor, which records the refusal where the client can see it.
+func dedupID(cmd order.Command) string {
+	h := sha256.New()
+	h.Write([]byte(cmd.ID))
+	h.Write([]byte{0})
+	h.Write(cmd.Fingerprint())
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // requestID returns the idempotency key from the request field or the

@@ -40,8 +40,9 @@ type applier struct {
 }
 
 // handle decodes the command and applies it in one transaction. A business
-// rejection is stored and acked like a success. Errors are either transient
-// (retried, then left to SQS redelivery) or permanent (dead-lettered).
+// rejection is stored and acked like a success. Errors are permanent
+// (undecodable, bad data, no such order: dead-lettered with the reason) or
+// else retried, then left to SQS redelivery.
 func (a *applier) handle(msg *message.Message) error {
 	// The dead-letter queue is FIFO too: it needs a group even for a body
 	// that names no order.
@@ -71,18 +72,22 @@ func (a *applier) handle(msg *message.Message) error {
 		span.SetStatus(codes.Error, "apply failed")
 	}
 	switch {
-	case errors.Is(err, orderstore.ErrNotFound):
-		// Its create may still be queued behind it (possible only where the
-		// broker reorders); retry, and let redelivery decide after that.
-		log.WarnContext(ctx, "order not found yet", "err", err)
-		commandsTotal.WithLabelValues(string(cmd.Kind()), "retried").Inc()
+	case err == nil:
+	case msg.Context().Err() != nil:
+		// Timed out or shutting down: says nothing about the command.
 		return err
-	case orderstore.Transient(err):
+	case errors.Is(err, orderstore.ErrNotFound):
+		// FIFO order puts an order's create before its other commands, so
+		// the order was never created (or its create was dead-lettered).
+		return permanentError{err}
+	case orderstore.Permanent(err):
+		return permanentError{err}
+	default:
+		// Connection loss, serialization failure, a rolled-back commit...:
+		// anything not known to be permanent is worth another attempt.
 		log.WarnContext(ctx, "transient failure", "err", err)
 		commandsTotal.WithLabelValues(string(cmd.Kind()), "retried").Inc()
 		return err
-	case err != nil:
-		return permanentError{err}
 	}
 	span.SetAttributes(attribute.String("oms.outcome", string(res.Outcome)))
 	commandsTotal.WithLabelValues(string(cmd.Kind()), string(res.Outcome)).Inc()

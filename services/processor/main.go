@@ -81,8 +81,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("command queue: %w", err)
 	}
-	if worst := cfg.Retry.WorstCase(cfg.HandlerTimeout); worst >= vt {
-		return fmt.Errorf("retries can take %s but the command queue's visibility timeout is %s, so SQS would redeliver a message still being retried: lower PROCESSOR_RETRY_* or PROCESSOR_HANDLER_TIMEOUT, or raise the queue's VisibilityTimeout", worst, vt)
+	// Messages received together are handled one after another, so the
+	// last of a batch waits for the retries of all before it.
+	if worst := time.Duration(cfg.ReceiveBatch) * cfg.Retry.WorstCase(cfg.HandlerTimeout); worst >= vt {
+		return fmt.Errorf("retries can take %s (for a receive batch of %d) but the command queue's visibility timeout is %s, so SQS would redeliver a message still being retried: lower PROCESSOR_RECEIVE_BATCH, PROCESSOR_RETRY_* or PROCESSOR_HANDLER_TIMEOUT, or raise the queue's VisibilityTimeout", worst, cfg.ReceiveBatch, vt)
 	}
 
 	wlog := watermill.NewSlogLogger(log.With("component", "watermill"))
@@ -105,7 +107,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	})
 	a := &applier{store: orderstore.New(db, notifier{queue: cfg.Queue.NotificationQueue}.write), log: log}
 
-	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.DrainTimeout}, wlog)
+	// Closing comes after the drain, with nothing left in flight.
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 5 * time.Second}, wlog)
 	if err != nil {
 		return err
 	}

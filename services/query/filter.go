@@ -16,10 +16,28 @@ import (
 //	state = PAID
 //	customer_id = "c-1"
 //	create_time >= "2026-01-01T00:00:00Z"   (also >, <, <=)
-var (
-	andRE  = regexp.MustCompile(`(?i)\s+AND\s+`)
-	termRE = regexp.MustCompile(`^\s*([a-z_]+)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$`)
-)
+var termRE = regexp.MustCompile(`^\s*([a-z_]+)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$`)
+
+// splitAnd splits f on the word AND (any case) outside double quotes.
+func splitAnd(f string) []string {
+	var terms []string
+	start, quoted := 0, false
+	for i := 0; i < len(f); i++ {
+		switch c := f[i]; {
+		case c == '\\' && quoted:
+			i++ // an escaped character inside quotes
+		case c == '"':
+			quoted = !quoted
+		case !quoted && i+5 <= len(f) && isSpace(f[i]) && strings.EqualFold(f[i+1:i+4], "and") && isSpace(f[i+4]):
+			terms = append(terms, f[start:i])
+			start = i + 5
+			i += 4
+		}
+	}
+	return append(terms, f[start:])
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' }
 
 func parseFilter(f string) (orderstore.ListQuery, error) {
 	var q orderstore.ListQuery
@@ -27,7 +45,7 @@ func parseFilter(f string) (orderstore.ListQuery, error) {
 		return q, nil
 	}
 	seen := map[string]bool{}
-	for _, term := range andRE.Split(strings.TrimSpace(f), -1) {
+	for _, term := range splitAnd(strings.TrimSpace(f)) {
 		m := termRE.FindStringSubmatch(term)
 		if m == nil {
 			return q, fmt.Errorf("cannot parse %q: want field op value, e.g. state = PAID", term)

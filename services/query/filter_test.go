@@ -22,6 +22,10 @@ func TestParseFilter(t *testing.T) {
 		!q.CreateTime[1].Time.Equal(time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC)) {
 		t.Errorf("parsed %+v", q)
 	}
+	q, err = parseFilter(`customer_id = "Smith AND Sons" AND state = CREATED`)
+	if err != nil || q.CustomerID != "Smith AND Sons" || q.State != order.StateCreated {
+		t.Errorf("AND inside quotes: %+v, %v", q, err)
+	}
 	for _, bad := range []string{
 		"state = SHIPPING", "state != PAID", "state = PAID AND state = CREATED", "total_minor > 5",
 		"create_time = 2026-01-01T00:00:00Z", "create_time > yesterday", "customer_id = a b", `customer_id = "unterminated`,

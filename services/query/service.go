@@ -45,7 +45,7 @@ func (s *queryService) GetOrder(ctx context.Context, req *omsv1.GetOrderRequest)
 		return nil, status.Errorf(codes.NotFound, "order %s not found", req.Name)
 	}
 	if err != nil {
-		return nil, err
+		return nil, storeError(err)
 	}
 	out := orderpb.Order(o)
 	mask.apply(out)
@@ -79,12 +79,15 @@ func (s *queryService) ListOrders(ctx context.Context, req *omsv1.ListOrdersRequ
 		return nil, err
 	}
 	if req.PageToken != "" {
+		if _, err := order.ParseID(tok.ID); err != nil {
+			return nil, badRequest("page_token", "is not a token this service issued")
+		}
 		q.After = &orderstore.Cursor{CreateTime: tok.CreateTime, ID: tok.ID}
 	}
 	q.Limit, q.Fields = size+1, mask.columns()
 	orders, err := s.store.List(ctx, q)
 	if err != nil {
-		return nil, err
+		return nil, storeError(err)
 	}
 	resp := &omsv1.ListOrdersResponse{}
 	if len(orders) > size {
@@ -118,7 +121,7 @@ func (s *queryService) ListOrderEvents(ctx context.Context, req *omsv1.ListOrder
 		return nil, status.Errorf(codes.NotFound, "order %s not found", req.Parent)
 	}
 	if err != nil {
-		return nil, err
+		return nil, storeError(err)
 	}
 	resp := &omsv1.ListOrderEventsResponse{}
 	if len(evs) > size {
@@ -129,6 +132,16 @@ func (s *queryService) ListOrderEvents(ctx context.Context, req *omsv1.ListOrder
 		resp.Events = append(resp.Events, orderpb.Event(e))
 	}
 	return resp, nil
+}
+
+// storeError turns a database failure into UNAVAILABLE when a retry may
+// succeed; anything else is left to the error interceptor (a generic
+// INTERNAL, details only in the log).
+func storeError(err error) error {
+	if orderstore.Transient(err) {
+		return status.Error(codes.Unavailable, "the order database is unavailable; retry")
+	}
+	return err
 }
 
 func pageSize(n int32, def, max int) (int, error) {
