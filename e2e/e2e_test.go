@@ -11,7 +11,9 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/google/uuid"
+	"github.com/uptrace/bun"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
@@ -275,27 +277,10 @@ func TestGarbageMessageGoesToDeadLetterQueue(t *testing.T) {
 	for range 3 {
 		waitOrder(t, create(t), inState("CREATED"))
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		out, err := sys.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
-			QueueUrl: aws.String(sys.urls.DeadLetter), MaxNumberOfMessages: 10, WaitTimeSeconds: 1,
-			MessageAttributeNames: []string{"All"}, VisibilityTimeout: 1,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range out.Messages {
-			if aws.ToString(m.Body) != garbage {
-				continue
-			}
-			reason := aws.ToString(m.MessageAttributes["reason_poisoned"].StringValue)
-			if !strings.Contains(reason, "decode command") {
-				t.Errorf("dead-lettered with reason %q", reason)
-			}
-			return
-		}
+	m := deadLettered(t, func(body string) bool { return body == garbage })
+	if reason := aws.ToString(m.MessageAttributes["reason_poisoned"].StringValue); !strings.Contains(reason, "decode command") {
+		t.Errorf("dead-lettered with reason %q", reason)
 	}
-	t.Fatalf("garbage message never reached the dead-letter queue\n%s", sys.logs())
 }
 
 // Not parallel: it cuts the processor off from PostgreSQL.
@@ -372,10 +357,10 @@ func TestProcessorRestartLosesAndDuplicatesNothing(t *testing.T) {
 		ids[i] = strings.TrimPrefix(name, "orders/")
 	}
 	var events, commands int
-	if err := sys.db.NewRaw("SELECT count(*) FROM order_events WHERE order_id::text IN (?)", bunIn(ids)).Scan(context.Background(), &events); err != nil {
+	if err := sys.db.NewRaw("SELECT count(*) FROM order_events WHERE order_id::text IN (?)", bun.In(ids)).Scan(context.Background(), &events); err != nil {
 		t.Fatal(err)
 	}
-	if err := sys.db.NewRaw("SELECT count(*) FROM processed_commands WHERE order_id::text IN (?)", bunIn(ids)).Scan(context.Background(), &commands); err != nil {
+	if err := sys.db.NewRaw("SELECT count(*) FROM processed_commands WHERE order_id::text IN (?)", bun.In(ids)).Scan(context.Background(), &commands); err != nil {
 		t.Fatal(err)
 	}
 	if events != n || commands != n {
@@ -460,10 +445,21 @@ func TestCommandForMissingOrderIsDeadLettered(t *testing.T) {
 	t.Parallel()
 	missing := "orders/" + uuid.NewString()
 	command(t, missing, "deliver", `{}`)
-	ctx := context.Background()
+	id := strings.TrimPrefix(missing, "orders/")
+	m := deadLettered(t, func(body string) bool { return strings.Contains(body, id) })
+	if reason := aws.ToString(m.MessageAttributes["reason_poisoned"].StringValue); !strings.Contains(reason, "order not found") {
+		t.Errorf("dead-lettered with reason %q", reason)
+	}
+}
+
+// deadLettered waits for a message on the dead-letter queue whose body
+// matches. It reads without deleting (a short visibility timeout hands
+// the others back), so tests can share the queue.
+func deadLettered(t *testing.T, match func(body string) bool) types.Message {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		out, err := sys.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
+		out, err := sys.sqs.ReceiveMessage(context.Background(), &sqs.ReceiveMessageInput{
 			QueueUrl: aws.String(sys.urls.DeadLetter), MaxNumberOfMessages: 10, WaitTimeSeconds: 1,
 			MessageAttributeNames: []string{"All"}, VisibilityTimeout: 1,
 		})
@@ -471,14 +467,11 @@ func TestCommandForMissingOrderIsDeadLettered(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, m := range out.Messages {
-			if !strings.Contains(aws.ToString(m.Body), strings.TrimPrefix(missing, "orders/")) {
-				continue
+			if match(aws.ToString(m.Body)) {
+				return m
 			}
-			if reason := aws.ToString(m.MessageAttributes["reason_poisoned"].StringValue); !strings.Contains(reason, "order not found") {
-				t.Errorf("dead-lettered with reason %q", reason)
-			}
-			return
 		}
 	}
-	t.Fatalf("the command never reached the dead-letter queue\n%s", sys.logs())
+	t.Fatalf("no matching message reached the dead-letter queue\n%s", sys.logs())
+	return types.Message{}
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/uptrace/bun"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -142,5 +141,3 @@ func jsonBody(v any) string {
 	b, _ := json.Marshal(v)
 	return string(bytes.TrimSpace(b))
 }
-
-func bunIn(ids []string) any { return bun.In(ids) }

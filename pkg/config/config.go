@@ -131,11 +131,11 @@ func (e *Env) URL(name, def string, schemes ...string) string {
 	}
 	u, err := url.Parse(v)
 	if err != nil || u.Host == "" {
-		e.fail(name, redact(v), "must be an absolute URL")
+		e.fail(name, Redact(v), "must be an absolute URL")
 		return def
 	}
 	if len(schemes) > 0 && !contains(schemes, u.Scheme) {
-		e.fail(name, redact(v), "scheme must be one of %s", strings.Join(schemes, ", "))
+		e.fail(name, Redact(v), "scheme must be one of %s", strings.Join(schemes, ", "))
 	}
 	return v
 }
@@ -158,8 +158,8 @@ func contains(xs []string, x string) bool {
 	return false
 }
 
-// redact hides a URL's password so errors and logs never carry it.
-func redact(raw string) string {
+// Redact hides a URL's password so errors and logs never carry it.
+func Redact(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil || u.User == nil {
 		return raw
@@ -169,6 +169,3 @@ func redact(raw string) string {
 	}
 	return u.String()
 }
-
-// Redact hides a URL's password, for logging a database URL.
-func Redact(raw string) string { return redact(raw) }

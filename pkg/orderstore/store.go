@@ -33,6 +33,15 @@ func Open(dsn string, opts ...pgdriver.Option) *bun.DB {
 	return bun.NewDB(sqldb, pgdialect.New())
 }
 
+// OpenPool is Open with a connection budget: at most maxConns, all kept
+// idle between bursts (see docs/operations.md, capacity planning).
+func OpenPool(dsn string, maxConns int) *bun.DB {
+	db := Open(dsn)
+	db.SetMaxOpenConns(maxConns)
+	db.SetMaxIdleConns(maxConns)
+	return db
+}
+
 // TxHook runs inside a command's transaction after the order and its event
 // are written; returning an error rolls everything back. The processor uses
 // it to write notifications to the outbox.

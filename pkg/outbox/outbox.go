@@ -81,9 +81,11 @@ func NewRelay(db *sql.DB, out message.Publisher, cfg RelayConfig, logger watermi
 	})
 }
 
-// Backlog counts rows not yet relayed.
-func Backlog(ctx context.Context, db *sql.DB) (int64, error) {
-	var n int64
-	err := db.QueryRowContext(ctx, `SELECT count(*) FROM watermill_outbox`).Scan(&n)
-	return n, err
+// Backlog is the rows not yet relayed and the age of the oldest: the
+// relay's lag.
+func Backlog(ctx context.Context, db *sql.DB) (rows int64, oldest time.Duration, err error) {
+	var secs float64
+	err = db.QueryRowContext(ctx,
+		`SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 FROM watermill_outbox`).Scan(&rows, &secs)
+	return rows, time.Duration(secs * float64(time.Second)), err
 }

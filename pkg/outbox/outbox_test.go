@@ -101,7 +101,7 @@ func TestRelaySendsCommittedWritesOnly(t *testing.T) {
 	// Relayed rows are deleted on ack.
 	deadline = time.Now().Add(5 * time.Second)
 	for {
-		n, err := outbox.Backlog(ctx, db.DB)
+		n, _, err := outbox.Backlog(ctx, db.DB)
 		if err != nil {
 			t.Fatal(err)
 		}

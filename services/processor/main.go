@@ -63,9 +63,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer stopTracing(context.Background())
-	db := orderstore.Open(cfg.DatabaseURL)
-	db.SetMaxOpenConns(cfg.DBMaxConns)
-	db.SetMaxIdleConns(cfg.DBMaxConns)
+	db := orderstore.OpenPool(cfg.DatabaseURL, cfg.DBMaxConns)
 	defer db.Close()
 	metrics.Register(collectors.NewDBStatsCollector(db.DB, "oms"))
 

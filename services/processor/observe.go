@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/omsdev/oms/pkg/metrics"
+	"github.com/omsdev/oms/pkg/outbox"
 	"github.com/omsdev/oms/pkg/queue"
 )
 
@@ -87,13 +88,9 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	var n int64
-	var age float64
-	err := c.db.QueryRowContext(ctx,
-		`SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 FROM watermill_outbox`).Scan(&n, &age)
-	if err == nil {
+	if n, age, err := outbox.Backlog(ctx, c.db); err == nil {
 		ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(n))
-		ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age)
+		ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age.Seconds())
 	}
 	for name, url := range c.queues {
 		d, err := queue.QueueDepth(ctx, c.sqs, url)
