@@ -18,8 +18,6 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	omsv1 "github.com/omsdev/oms/proto/oms/v1"
-
-	"github.com/omsdev/oms/pkg/queue"
 )
 
 func TestLifecycleOverHTTPAndGRPC(t *testing.T) {
@@ -186,18 +184,7 @@ func TestBadRequestsEnqueueNothing(t *testing.T) {
 	t.Parallel()
 	// An ingest of its own, on queues nothing consumes, so the queue's
 	// depth shows exactly what was enqueued.
-	prefix := randomName("bad")
-	q := sys.queues
-	q.CommandQueue, q.DeadLetterQueue, q.NotificationQueue = prefix+"-c.fifo", prefix+"-d.fifo", prefix+"-n.fifo"
-	httpAddr := freeAddr()
-	p, err := sys.start("ingest", sys.ingestEnv(q, httpAddr, freeAddr()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := waitReady(httpAddr); err != nil {
-		t.Fatal(err)
-	}
-	base := "http://" + httpAddr
+	base, _, depth := isolatedIngest(t)
 	name := "orders/" + uuid.NewString()
 	cases := []struct {
 		name, path, body string
@@ -237,17 +224,6 @@ func TestBadRequestsEnqueueNothing(t *testing.T) {
 			t.Errorf("%s: field violations %v, want %v", tc.name, fields, tc.fields)
 		}
 	}
-	depth := func() int {
-		out, err := sys.sqs.GetQueueUrl(context.Background(), &sqs.GetQueueUrlInput{QueueName: aws.String(q.CommandQueue)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		d, err := queue.QueueDepth(context.Background(), sys.sqs, aws.ToString(out.QueueUrl))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return d.Visible + d.InFlight
-	}
 	if n := depth(); n != 0 {
 		t.Errorf("bad requests enqueued %d messages", n)
 	}
@@ -256,9 +232,6 @@ func TestBadRequestsEnqueueNothing(t *testing.T) {
 	}
 	if n := depth(); n != 1 {
 		t.Errorf("after one valid request the queue holds %d messages", n)
-	}
-	if err := p.stop(15 * time.Second); err != nil {
-		t.Error(err)
 	}
 }
 

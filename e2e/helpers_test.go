@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	omsv1 "github.com/omsdev/oms/proto/oms/v1"
+
+	"github.com/omsdev/oms/pkg/devissuer"
 )
 
 const orderBody = `{"customerId":"c-1","currencyCode":"USD","lineItems":[{"sku":"SKU-1","name":"Mug","quantity":2,"unitPriceMinor":"1200"}]}`
@@ -27,6 +29,8 @@ type httpResult struct {
 	header http.Header
 }
 
+// do sends a request as the staff client unless header names another
+// Authorization ("" for none).
 func do(t *testing.T, method, url, body string, header ...string) httpResult {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
@@ -34,8 +38,12 @@ func do(t *testing.T, method, url, body string, header ...string) httpResult {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+sys.tokens[devissuer.EnvStaff])
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
+	}
+	if req.Header.Get("Authorization") == "" {
+		req.Header.Del("Authorization")
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -113,9 +121,9 @@ func eventTypes(evs []map[string]any) string {
 	return strings.Join(ts, ",")
 }
 
-func grpcConn(t *testing.T, addr string) *grpc.ClientConn {
+func grpcConn(t *testing.T, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,11 +132,11 @@ func grpcConn(t *testing.T, addr string) *grpc.ClientConn {
 }
 
 func commandClient(t *testing.T) omsv1.OrderCommandServiceClient {
-	return omsv1.NewOrderCommandServiceClient(grpcConn(t, sys.ingestGRPC))
+	return omsv1.NewOrderCommandServiceClient(grpcAs(t, sys.ingestGRPC, sys.tokens[devissuer.EnvStaff]))
 }
 
 func queryClient(t *testing.T) omsv1.OrderQueryServiceClient {
-	return omsv1.NewOrderQueryServiceClient(grpcConn(t, sys.queryGRPC))
+	return omsv1.NewOrderQueryServiceClient(grpcAs(t, sys.queryGRPC, sys.tokens[devissuer.EnvStaff]))
 }
 
 func ctxT(t *testing.T) context.Context {

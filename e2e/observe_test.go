@@ -91,12 +91,14 @@ func TestNotificationsReachTheQueue(t *testing.T) {
 	t.Fatalf("no notification for %s\n%s", name, sys.logs())
 }
 
+// ingest and query serve /metrics on their admin ports, the processor on
+// its only one.
 func TestMetricsEndpoints(t *testing.T) {
 	t.Parallel()
 	waitOrder(t, create(t), inState("CREATED"))
 	for addr, wants := range map[string][]string{
-		sys.ingestHTTP: {`oms_enqueue_total{outcome="ok"}`, `oms_http_requests_total{code="202",method="POST",route="/v1/orders"`, `oms_grpc_requests_total{`},
-		sys.queryHTTP:  {`oms_grpc_requests_total{code="OK",method="/oms.v1.OrderQueryService/GetOrder"`, `go_sql_open_connections{db_name="oms"}`},
+		sys.ingestAdmin: {`oms_enqueue_total{outcome="ok"}`, `oms_http_requests_total{code="202",method="POST",route="/v1/orders"`, `oms_grpc_requests_total{`},
+		sys.queryAdmin:  {`oms_grpc_requests_total{code="OK",method="/oms.v1.OrderQueryService/GetOrder"`, `go_sql_open_connections{db_name="oms"}`},
 		sys.processorHTTP: {`oms_commands_total{command="create",outcome="applied"}`, `oms_command_apply_duration_seconds_bucket`,
 			`oms_outbox_backlog`, `oms_sqs_queue_messages{queue="` + sys.queues.CommandQueue + `",state="visible"}`,
 			`go_sql_in_use_connections{db_name="oms"}`, `handler_execution_time_seconds`},

@@ -24,6 +24,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/omsdev/oms/pkg/dbtest"
+	"github.com/omsdev/oms/pkg/devissuer"
 	"github.com/omsdev/oms/pkg/orderstore"
 	"github.com/omsdev/oms/pkg/queue"
 )
@@ -39,9 +40,15 @@ type stack struct {
 	urls    queue.URLs
 	pgProxy *proxy // the processor reaches PostgreSQL through it
 
-	ingestHTTP, ingestGRPC string
-	queryHTTP, queryGRPC   string
-	processorHTTP          string
+	// issuer signs the tests' tokens; the services fetch its JWKS over
+	// HTTP and verify every call through the production path.
+	issuer     *devissuer.Issuer
+	stopIssuer func() error
+	tokens     map[string]string // the standard local principals, by env name
+
+	ingestHTTP, ingestGRPC, ingestAdmin string
+	queryHTTP, queryGRPC, queryAdmin    string
+	processorHTTP                       string
 
 	mu        sync.Mutex
 	ingest    *proc // the shared one; some tests start more
@@ -50,6 +57,9 @@ type stack struct {
 }
 
 var sys *stack
+
+// orderIDSecret is the stack's ORDER_ID_SECRET.
+var orderIDSecret = randomName("secret-") + randomName("") + randomName("") + randomName("")
 
 func TestMain(m *testing.M) {
 	code, err := runMain(m)
@@ -131,6 +141,23 @@ func startStack(bin string) (*stack, error) {
 	s.dbURL = strings.Replace(dbtest.URL(), "/test?", "/"+dbName+"?", 1)
 	s.db = orderstore.Open(s.dbURL)
 
+	var err error
+	s.issuer, err = devissuer.New()
+	if err != nil {
+		return s, err
+	}
+	if _, s.stopIssuer, err = s.issuer.Serve("127.0.0.1:0"); err != nil {
+		return s, err
+	}
+	toks, err := s.issuer.MintStandard(audience)
+	if err != nil {
+		return s, err
+	}
+	s.tokens = map[string]string{}
+	for _, t := range toks {
+		s.tokens[t.Env] = t.Token
+	}
+
 	pgAddr, err := hostPort(s.dbURL)
 	if err != nil {
 		return s, err
@@ -172,10 +199,11 @@ func startStack(bin string) (*stack, error) {
 	s.ingestHTTP, s.ingestGRPC = freeAddr(), freeAddr()
 	s.queryHTTP, s.queryGRPC = freeAddr(), freeAddr()
 	s.processorHTTP = freeAddr()
-	if s.ingest, err = s.start("ingest", s.ingestEnv(s.queues, s.ingestHTTP, s.ingestGRPC)); err != nil {
+	s.ingestAdmin, s.queryAdmin = freeAddr(), freeAddr()
+	if s.ingest, err = s.start("ingest", append(s.ingestEnv(s.queues, s.ingestHTTP, s.ingestGRPC), "ADMIN_ADDR="+s.ingestAdmin)); err != nil {
 		return s, err
 	}
-	if _, err := s.start("query", s.env("HTTP_ADDR="+s.queryHTTP, "GRPC_ADDR="+s.queryGRPC)); err != nil {
+	if _, err := s.start("query", s.env("HTTP_ADDR="+s.queryHTTP, "GRPC_ADDR="+s.queryGRPC, "ADMIN_ADDR="+s.queryAdmin)); err != nil {
 		return s, err
 	}
 	if err := s.startProcessor(); err != nil {
@@ -210,13 +238,21 @@ func (s *stack) env(extra ...string) []string {
 		"LOG_LEVEL=info",
 		"DRAIN_TIMEOUT=10s",
 		"OTEL_TRACES_EXPORTER=console", // spans to stderr; trace ids on log lines
+		"AUTH_ISSUER=" + s.issuer.URL,
+		"AUTH_AUDIENCE=" + audience,
+		"AUTH_JWKS_URL=" + s.issuer.JWKSURL(),
+		"ORDER_ID_SECRET=" + orderIDSecret,
+		// The shared services are not rate limited: tests of the limits
+		// start services of their own.
+		"RATE_LIMIT_COMMANDS_PER_SECOND=0",
+		"RATE_LIMIT_READS_PER_SECOND=0",
 		"PATH=" + os.Getenv("PATH"),
 	}
 	return append(base, extra...)
 }
 
 func (s *stack) ingestEnv(q queue.Config, httpAddr, grpcAddr string) []string {
-	return s.env("HTTP_ADDR="+httpAddr, "GRPC_ADDR="+grpcAddr,
+	return s.env("HTTP_ADDR="+httpAddr, "GRPC_ADDR="+grpcAddr, "ADMIN_ADDR="+freeAddr(),
 		"SQS_COMMAND_QUEUE="+q.CommandQueue, "SQS_DEAD_LETTER_QUEUE="+q.DeadLetterQueue,
 		"SQS_NOTIFICATION_QUEUE="+q.NotificationQueue)
 }
@@ -334,6 +370,9 @@ func (s *stack) stopAll() error {
 
 func (s *stack) close() {
 	s.stopAll()
+	if s.stopIssuer != nil {
+		s.stopIssuer()
+	}
 	if s.pgProxy != nil {
 		s.pgProxy.Close()
 	}

@@ -33,7 +33,7 @@ type composeService struct {
 // TestCompose checks deploy/compose.yaml: the services are built from
 // their Dockerfiles, checked with their own healthcheck subcommand,
 // started in order (PostgreSQL healthy, migration done) and reachable on
-// loopback only.
+// loopback only, metrics on the admin ports.
 func TestCompose(t *testing.T) {
 	src, err := os.ReadFile("../compose.yaml")
 	if err != nil {
@@ -57,7 +57,8 @@ func TestCompose(t *testing.T) {
 		}
 	}
 
-	for name, port := range map[string][]string{"ingest": {"8080", "9090"}, "processor": {"8082"}, "query": {"8081", "9091"}} {
+	// HTTP, gRPC, admin.
+	for name, port := range map[string][]string{"ingest": {"8080", "9090", "9180"}, "processor": {"8082"}, "query": {"8081", "9091", "9181"}} {
 		s, ok := svc[name]
 		if !ok {
 			errorf(name, "missing")
@@ -76,6 +77,13 @@ func TestCompose(t *testing.T) {
 		}
 		if len(port) > 1 && s.Environment["GRPC_ADDR"] != "0.0.0.0:"+port[1] {
 			errorf(name, "GRPC_ADDR %q, want 0.0.0.0:%s", s.Environment["GRPC_ADDR"], port[1])
+		}
+		if len(port) > 2 && s.Environment["ADMIN_ADDR"] != "0.0.0.0:"+port[2] {
+			errorf(name, "ADMIN_ADDR %q, want 0.0.0.0:%s (metrics)", s.Environment["ADMIN_ADDR"], port[2])
+		}
+		// Without TLS the services refuse 0.0.0.0 unless told otherwise.
+		if len(port) > 1 && s.Environment["ALLOW_PLAINTEXT"] != "true" {
+			errorf(name, "ALLOW_PLAINTEXT %q: plaintext on 0.0.0.0 needs \"true\"", s.Environment["ALLOW_PLAINTEXT"])
 		}
 		for _, p := range port {
 			if !slices.Contains(s.Ports, "127.0.0.1:"+p+":"+p) {

@@ -3,11 +3,13 @@ package k8s
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,10 +21,22 @@ import (
 var services = map[string]struct {
 	container, image string
 	autoscaler       string // kind of the autoscaler that owns the replica count
+	// public: serves the API (pkg/serve) on http and grpc, with health and
+	// metrics on a separate plaintext admin port.
+	public bool
+	// secrets: settings that must come from a Secret.
+	secrets []string
 }{
-	"oms-ingest":    {"ingest", "ghcr.io/omsdev/oms-ingest", "HorizontalPodAutoscaler"},
-	"oms-processor": {"processor", "ghcr.io/omsdev/oms-processor", "ScaledObject"},
-	"oms-query":     {"query", "ghcr.io/omsdev/oms-query", "HorizontalPodAutoscaler"},
+	"oms-ingest":    {"ingest", "ghcr.io/omsdev/oms-ingest", "HorizontalPodAutoscaler", true, []string{"ORDER_ID_SECRET"}},
+	"oms-processor": {"processor", "ghcr.io/omsdev/oms-processor", "ScaledObject", false, []string{"DATABASE_URL"}},
+	"oms-query":     {"query", "ghcr.io/omsdev/oms-query", "HorizontalPodAutoscaler", true, []string{"DATABASE_URL"}},
+}
+
+// The Secrets an overlay without Secrets must have created out of band:
+// env name -> Secret name (the key is the env name).
+var outOfBandSecrets = map[string]string{
+	"DATABASE_URL":    "oms-db",
+	"ORDER_ID_SECRET": "oms-order-id-secret",
 }
 
 const (
@@ -36,8 +50,12 @@ var roleARN = regexp.MustCompile(`^arn:aws:iam::\d{12}:role/[\w+=,.@/-]+$`)
 
 var overlays = []struct {
 	dir string
+	// deployable: an overlay, not the base, so every setting a pod needs
+	// to start must be there.
+	deployable bool
 	// prod: images pinned to a non-latest tag, real role ARNs, no Secret
-	// in the rendering (oms-db is created out of band).
+	// in the rendering (oms-db is created out of band), TLS on the public
+	// ports, no insecure development switches.
 	prod bool
 	// images allowed besides ghcr.io/omsdev/oms-*, by repository.
 	thirdParty []string
@@ -47,6 +65,7 @@ var overlays = []struct {
 	{dir: "base"},
 	{
 		dir:        "overlays/dev",
+		deployable: true,
 		thirdParty: []string{"postgres"},
 		config: map[string]string{
 			"LOG_LEVEL": "debug", "SQS_ENDPOINT": "http://oms-sqslocal:4100",
@@ -54,8 +73,9 @@ var overlays = []struct {
 		},
 	},
 	{
-		dir:  "overlays/prod",
-		prod: true,
+		dir:        "overlays/prod",
+		deployable: true,
+		prod:       true,
 		config: map[string]string{
 			"SQS_ENDPOINT": "", "SQS_CREATE_QUEUES": "false", "PROCESSOR_SUBSCRIPTIONS": "8",
 			"LOG_LEVEL": "info",
@@ -82,8 +102,11 @@ func TestRender(t *testing.T) {
 			checkAutoscaling(t, r, cfg)
 			checkIdentities(t, r, ov.prod)
 			checkRouting(t, r)
+			if ov.deployable {
+				checkTransport(t, r, cfg)
+			}
 			if ov.prod {
-				checkProd(t, r)
+				checkProd(t, r, cfg)
 			}
 		})
 	}
@@ -159,8 +182,71 @@ func checkServices(t *testing.T, r *rendering, cfg configMap) {
 		if budget <= drain+preStop {
 			r.errorf(t, obj, "terminationGracePeriodSeconds %s must exceed DRAIN_TIMEOUT %s + preStop %s", budget, drain, preStop)
 		}
-		if !slices.ContainsFunc(c.Ports, func(p port) bool { return p.Name == "http" || p.Name == "metrics" }) {
-			r.errorf(t, obj, "container %s has no port named http or metrics to scrape", c.Name)
+		checkScrape(t, r, obj, d, c, want.public)
+		for _, name := range want.secrets {
+			if e := c.env(name); e == nil || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+				r.errorf(t, obj, "container %s: %s must come from a Secret", c.Name, name)
+			}
+		}
+	}
+}
+
+// checkScrape: Prometheus scrapes a declared port; for the public services
+// it is the plaintext admin port, where ADMIN_ADDR listens, never the API
+// ports (pkg/serve serves /metrics on the admin port only).
+func checkScrape(t *testing.T, r *rendering, obj object, d workload, c *container, public bool) {
+	ann := d.Spec.Template.Metadata.Annotations
+	if ann["prometheus.io/scrape"] != "true" {
+		r.errorf(t, obj, "pod template lacks prometheus.io/scrape: \"true\"")
+		return
+	}
+	n, err := strconv.Atoi(ann["prometheus.io/port"])
+	scraped := slices.IndexFunc(c.Ports, func(p port) bool { return err == nil && p.ContainerPort == n })
+	if scraped < 0 {
+		r.errorf(t, obj, "prometheus.io/port %q is not a port container %s declares", ann["prometheus.io/port"], c.Name)
+		return
+	}
+	if !public {
+		return
+	}
+	if name := c.Ports[scraped].Name; name != "admin" {
+		r.errorf(t, obj, "Prometheus scrapes port %s (%d): metrics are on the admin port only", name, n)
+	}
+	admin := c.env("ADMIN_ADDR")
+	if _, p, err := net.SplitHostPort(envValue(admin)); err != nil || p != strconv.Itoa(n) {
+		r.errorf(t, obj, "container %s: ADMIN_ADDR %q does not listen on the scraped port %d", c.Name, envValue(admin), n)
+	}
+}
+
+// checkTransport: a deployable rendering starts the public services: they
+// listen on every interface, which pkg/serve allows only with TLS or with
+// ALLOW_PLAINTEXT (a mesh, or a throwaway dev cluster). Probes must reach
+// a port they can speak to: the admin port, or HTTPS on a TLS port.
+func checkTransport(t *testing.T, r *rendering, cfg configMap) {
+	for name, want := range services {
+		obj, ok := r.get("Deployment", name)
+		if !ok || !want.public {
+			continue
+		}
+		var d workload
+		r.decode(t, obj, &d)
+		c := d.Spec.Template.Spec.container(want.container)
+		if c == nil {
+			continue
+		}
+		tls := envValue(c.env("TLS_CERT_FILE")) != "" && envValue(c.env("TLS_KEY_FILE")) != ""
+		plaintext := strings.EqualFold(cfg.data["ALLOW_PLAINTEXT"], "true") || strings.EqualFold(envValue(c.env("ALLOW_PLAINTEXT")), "true")
+		beyond := !onLoopback(envValue(c.env("HTTP_ADDR"))) || !onLoopback(envValue(c.env("GRPC_ADDR")))
+		if beyond && !tls && !plaintext {
+			r.errorf(t, obj, "container %s listens beyond loopback without TLS_CERT_FILE/TLS_KEY_FILE or ALLOW_PLAINTEXT: it would refuse to start", c.Name)
+		}
+		for field, p := range map[string]*probe{"livenessProbe": c.LivenessProbe, "readinessProbe": c.ReadinessProbe, "startupProbe": c.StartupProbe} {
+			if p == nil || p.HTTPGet == nil {
+				continue
+			}
+			if tls && p.HTTPGet.Port != "admin" && p.HTTPGet.Scheme != "HTTPS" {
+				r.errorf(t, obj, "container %s: %s probes port %v over plain HTTP, which serves TLS: probe the admin port", c.Name, field, p.HTTPGet.Port)
+			}
 		}
 	}
 }
@@ -207,8 +293,8 @@ func checkWorkloads(t *testing.T, r *rendering, thirdParty []string) {
 				if strings.HasPrefix(e.Name, "AWS_ACCESS_KEY") || strings.HasPrefix(e.Name, "AWS_SECRET") || e.Name == "AWS_SESSION_TOKEN" {
 					r.errorf(t, obj, "container %s sets %s: use IRSA / Pod Identity, never static keys", c.Name, e.Name)
 				}
-				if e.Name == "DATABASE_URL" && (e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil) {
-					r.errorf(t, obj, "container %s: DATABASE_URL must come from a Secret", c.Name)
+				if _, secret := outOfBandSecrets[e.Name]; secret && (e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil) {
+					r.errorf(t, obj, "container %s: %s must come from a Secret", c.Name, e.Name)
 				}
 			}
 		}
@@ -489,8 +575,8 @@ func checkRouting(t *testing.T, r *rendering) {
 				ref := e.ValueFrom.SecretKeyRef
 				if len(secrets) == 0 {
 					// Created out of band: the documented name and key.
-					if e.Name == "DATABASE_URL" && (ref.Name != "oms-db" || ref.Key != "DATABASE_URL") {
-						r.errorf(t, obj, "DATABASE_URL from %s/%s, want oms-db/DATABASE_URL", ref.Name, ref.Key)
+					if want, ok := outOfBandSecrets[e.Name]; ok && (ref.Name != want || ref.Key != e.Name) {
+						r.errorf(t, obj, "%s from %s/%s, want %s/%s", e.Name, ref.Name, ref.Key, want, e.Name)
 					}
 					continue
 				}
@@ -504,8 +590,95 @@ func checkRouting(t *testing.T, r *rendering) {
 	}
 }
 
-// checkProd: releases are reproducible and carry no credentials.
-func checkProd(t *testing.T, r *rendering) {
+// onLoopback: an unset address takes the services' loopback default.
+func onLoopback(addr string) bool {
+	if addr == "" {
+		return true
+	}
+	host, _, err := net.SplitHostPort(addr)
+	ip := net.ParseIP(host)
+	return err == nil && (host == "localhost" || (ip != nil && ip.IsLoopback()))
+}
+
+// checkProd: releases are reproducible and carry no credentials; the
+// public ports serve TLS from cert-manager; tokens are verified against a
+// real identity provider.
+func checkProd(t *testing.T, r *rendering, cfg configMap) {
+	for _, key := range []string{"AUTH_INSECURE_DEV_MODE", "ALLOW_PLAINTEXT"} {
+		if _, ok := cfg.data[key]; ok {
+			r.errorf(t, cfg.obj, "sets %s in prod", key)
+		}
+	}
+	for _, key := range []string{"AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_JWKS_URL"} {
+		v := cfg.data[key]
+		u, err := url.Parse(v)
+		switch {
+		case v == "":
+			r.errorf(t, cfg.obj, "%s is empty: set it to your identity provider's", key)
+		case key != "AUTH_AUDIENCE" && (err != nil || u.Scheme != "https" || u.Host == ""):
+			r.errorf(t, cfg.obj, "%s = %q: want an https URL", key, v)
+		}
+	}
+	certs := map[string]certificate{} // by Secret name
+	for _, obj := range r.byKind("Certificate") {
+		var c certificate
+		r.decode(t, obj, &c)
+		certs[c.Spec.SecretName] = c
+		if c.Spec.IssuerRef.Name == "" {
+			r.errorf(t, obj, "no issuerRef")
+		}
+	}
+	for _, obj := range r.workloads() {
+		var w workload
+		r.decode(t, obj, &w)
+		for _, c := range w.Spec.Template.Spec.Containers {
+			for _, key := range []string{"AUTH_INSECURE_DEV_MODE", "ALLOW_PLAINTEXT"} {
+				if c.env(key) != nil {
+					r.errorf(t, obj, "container %s sets %s in prod", c.Name, key)
+				}
+			}
+		}
+	}
+	for name, want := range services {
+		obj, ok := r.get("Deployment", name)
+		if !ok || !want.public {
+			continue
+		}
+		var d workload
+		r.decode(t, obj, &d)
+		c := d.Spec.Template.Spec.container(want.container)
+		if c == nil {
+			continue
+		}
+		if auth := envValue(c.env("GRPC_CLIENT_AUTH")); auth != "request" && auth != "require" {
+			r.errorf(t, obj, "container %s: GRPC_CLIENT_AUTH %q: want request or require (service clients present certificates)", c.Name, auth)
+		}
+		for _, key := range []string{"TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE"} {
+			file := envValue(c.env(key))
+			m := c.mountOf(file)
+			switch {
+			case file == "":
+				r.errorf(t, obj, "container %s: no %s: the public ports must serve TLS", c.Name, key)
+			case m == nil:
+				r.errorf(t, obj, "container %s: %s %s is on no volume mount", c.Name, key, file)
+			case m.SubPath != "":
+				r.errorf(t, obj, "container %s: %s is mounted with subPath: renewed certificates would never reach the pod", c.Name, key)
+			default:
+				v := d.Spec.Template.Spec.volume(m.Name)
+				if v == nil || v.Secret == nil {
+					r.errorf(t, obj, "container %s: %s is not on a Secret volume", c.Name, key)
+					continue
+				}
+				cert, ok := certs[v.Secret.SecretName]
+				if !ok {
+					r.errorf(t, obj, "container %s: %s from Secret %s, which no cert-manager Certificate issues", c.Name, key, v.Secret.SecretName)
+				} else if !slices.Contains(cert.Spec.DNSNames, name) {
+					r.errorf(t, obj, "the Certificate for Secret %s does not name the Service %s", v.Secret.SecretName, name)
+				}
+			}
+		}
+	}
+
 	for _, obj := range r.workloads() {
 		var w workload
 		r.decode(t, obj, &w)
@@ -561,13 +734,19 @@ type meta struct {
 	Annotations map[string]string `json:"annotations"`
 }
 
+// kustomizeMu serialises renders: kustomize initialises its OpenAPI schema
+// lazily in package globals, without a lock (a race with parallel tests).
+var kustomizeMu sync.Mutex
+
 // render runs kustomize in-process on dir, offline.
 func render(t *testing.T, dir string) *rendering {
 	t.Helper()
 	opts := krusty.MakeDefaultOptions()
 	opts.Reorder = krusty.ReorderOptionUnspecified // as the kustomize CLI: sortOptions, else legacy order
 	k := krusty.MakeKustomizer(opts)
+	kustomizeMu.Lock()
 	m, err := k.Run(filesys.MakeFsOnDisk(), dir)
+	kustomizeMu.Unlock()
 	if err != nil {
 		t.Fatalf("%s: kustomize build: %v", dir, err)
 	}
@@ -670,6 +849,23 @@ type podSpec struct {
 	SecurityContext               *securityContext `json:"securityContext"`
 	InitContainers                []container      `json:"initContainers"`
 	Containers                    []container      `json:"containers"`
+	Volumes                       []volume         `json:"volumes"`
+}
+
+type volume struct {
+	Name   string `json:"name"`
+	Secret *struct {
+		SecretName string `json:"secretName"`
+	} `json:"secret"`
+}
+
+func (p podSpec) volume(name string) *volume {
+	for i := range p.Volumes {
+		if p.Volumes[i].Name == name {
+			return &p.Volumes[i]
+		}
+	}
+	return nil
 }
 
 func (p podSpec) container(name string) *container {
@@ -688,6 +884,8 @@ type container struct {
 	Ports   []port    `json:"ports"`
 	Env     []envVar  `json:"env"`
 	EnvFrom []envFrom `json:"envFrom"`
+
+	VolumeMounts []volumeMount `json:"volumeMounts"`
 
 	LivenessProbe  *probe `json:"livenessProbe"`
 	ReadinessProbe *probe `json:"readinessProbe"`
@@ -724,6 +922,40 @@ func (c container) hasPort(p any) bool {
 	return false
 }
 
+// env is the container's variable name, or nil.
+func (c container) env(name string) *envVar {
+	for i := range c.Env {
+		if c.Env[i].Name == name {
+			return &c.Env[i]
+		}
+	}
+	return nil
+}
+
+// envValue is a variable's literal value ("" when unset or from a ref).
+func envValue(e *envVar) string {
+	if e == nil {
+		return ""
+	}
+	return e.Value
+}
+
+// mountOf is the volume mount holding the file path, or nil.
+func (c container) mountOf(path string) *volumeMount {
+	for i, m := range c.VolumeMounts {
+		if path != "" && strings.HasPrefix(path, strings.TrimSuffix(m.MountPath, "/")+"/") {
+			return &c.VolumeMounts[i]
+		}
+	}
+	return nil
+}
+
+type volumeMount struct {
+	Name      string `json:"name"`
+	MountPath string `json:"mountPath"`
+	SubPath   string `json:"subPath"`
+}
+
 type port struct {
 	Name          string `json:"name"`
 	ContainerPort int    `json:"containerPort"`
@@ -748,8 +980,9 @@ type envFrom struct {
 
 type probe struct {
 	HTTPGet *struct {
-		Path string `json:"path"`
-		Port any    `json:"port"`
+		Path   string `json:"path"`
+		Port   any    `json:"port"`
+		Scheme string `json:"scheme"`
 	} `json:"httpGet"`
 }
 
@@ -826,4 +1059,15 @@ type service struct {
 
 type secret struct {
 	Data map[string]string `json:"data"`
+}
+
+type certificate struct {
+	Spec struct {
+		SecretName string   `json:"secretName"`
+		DNSNames   []string `json:"dnsNames"`
+		IssuerRef  struct {
+			Name string `json:"name"`
+			Kind string `json:"kind"`
+		} `json:"issuerRef"`
+	} `json:"spec"`
 }

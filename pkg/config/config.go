@@ -23,6 +23,23 @@ type Env struct {
 // FromOS reads the process environment.
 func FromOS() *Env { return &Env{lookup: os.LookupEnv} }
 
+// FromMaps reads base with overrides on top, for tests; an override of ""
+// unsets the variable.
+func FromMaps(base, overrides map[string]string) *Env {
+	m := make(map[string]string, len(base)+len(overrides))
+	for k, v := range base {
+		m[k] = v
+	}
+	for k, v := range overrides {
+		if v == "" {
+			delete(m, k)
+		} else {
+			m[k] = v
+		}
+	}
+	return FromMap(m)
+}
+
 // FromMap reads vars, for tests.
 func FromMap(vars map[string]string) *Env {
 	return &Env{lookup: func(k string) (string, bool) { v, ok := vars[k]; return v, ok }}
@@ -38,6 +55,18 @@ func (e *Env) get(name string) (string, bool) {
 
 func (e *Env) fail(name, v, format string, a ...any) {
 	e.errs = append(e.errs, fmt.Errorf("%s=%q: %s", name, v, fmt.Sprintf(format, a...)))
+}
+
+// failHidden records a failure without the value, for values that may
+// carry a secret in a form Redact cannot take apart.
+func (e *Env) failHidden(name, format string, a ...any) {
+	e.errs = append(e.errs, fmt.Errorf("%s: %s; value hidden", name, fmt.Sprintf(format, a...)))
+}
+
+// Errorf records a failure that no single variable's value explains, such
+// as a rule spanning several variables. It must not quote secrets.
+func (e *Env) Errorf(format string, a ...any) {
+	e.errs = append(e.errs, fmt.Errorf(format, a...))
 }
 
 // Err reports every bad value, or nil.
@@ -113,6 +142,22 @@ func (e *Env) Bool(name string, def bool) bool {
 	return b
 }
 
+// OneOf returns the variable, which must be one of allowed (compared
+// without regard to case, returned as spelled in allowed), or def.
+func (e *Env) OneOf(name, def string, allowed ...string) string {
+	v, ok := e.get(name)
+	if !ok {
+		return def
+	}
+	for _, a := range allowed {
+		if strings.EqualFold(v, a) {
+			return a
+		}
+	}
+	e.fail(name, v, "must be one of %s", strings.Join(allowed, ", "))
+	return def
+}
+
 // Addr returns a host:port listen address, or def.
 func (e *Env) Addr(name, def string) string {
 	v := e.String(name, def)
@@ -158,14 +203,12 @@ func contains(xs []string, x string) bool {
 	return false
 }
 
-// Redact hides a URL's password so errors and logs never carry it.
-func Redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
+// Secret returns a secret variable ("" when unset) with its rules: at
+// least minLen characters. A failure never quotes the value.
+func (e *Env) Secret(name string, minLen int) string {
+	v, ok := e.get(name)
+	if ok && len(v) < minLen {
+		e.failHidden(name, "must be at least %d characters", minLen)
 	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
+	return v
 }

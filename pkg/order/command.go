@@ -26,8 +26,10 @@ func Kinds() []Kind { return []Kind{KindCreate, KindPay, KindShip, KindDeliver, 
 // Command is one request to change an order. ID is the client's idempotency
 // key: a command with an ID that was already processed has no second effect.
 type Command struct {
-	ID            string
-	OrderID       string
+	ID      string
+	OrderID string
+	// Actor sent the command; ID is unique per actor, not globally.
+	Actor         Actor
 	IssueTime     time.Time
 	CorrelationID string
 	Body          Body

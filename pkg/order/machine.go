@@ -100,6 +100,7 @@ func Decide(current *Order, cmd Command, now time.Time) Decision {
 	switch b := cmd.Body.(type) {
 	case CreateOrder:
 		next = newOrder(cmd.OrderID, b, now)
+		next.CreatedBy = cmd.Actor.ID
 		payload["currency_code"] = next.Currency
 		payload["total_minor"] = next.TotalMinor
 		payload["line_items"] = len(next.Lines)
@@ -175,6 +176,7 @@ func RejectCreate(cmd Command, c CreateOrder, now time.Time, err error) Decision
 		Currency:        truncate(c.Currency, 3),
 		State:           StateRejected,
 		RejectionReason: err.Error(),
+		CreatedBy:       cmd.Actor.ID,
 		Version:         1,
 		CreateTime:      now,
 		UpdateTime:      now,

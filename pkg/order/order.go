@@ -71,6 +71,9 @@ type Order struct {
 	Shipment        *Shipment
 	Cancellation    *Cancellation
 	RejectionReason string
+	// CreatedBy is the Actor.ID that created the order: a service client
+	// owns the orders it created.
+	CreatedBy string
 	// Version counts applied commands; 0 means the order does not exist.
 	Version    int64
 	CreateTime time.Time

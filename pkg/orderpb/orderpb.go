@@ -118,6 +118,9 @@ func Command(c order.Command) *omsv1.OrderCommand {
 	p := &omsv1.OrderCommand{
 		CommandId: c.ID, OrderId: c.OrderID, IssueTime: ts(c.IssueTime), CorrelationId: c.CorrelationID,
 	}
+	if c.Actor.ID != "" {
+		p.Actor = &omsv1.CommandActor{Id: c.Actor.ID, CustomerId: c.Actor.CustomerID, AllOrders: c.Actor.AllOrders}
+	}
 	switch b := c.Body.(type) {
 	case order.CreateOrder:
 		o := Order(&order.Order{
@@ -151,6 +154,16 @@ func CommandFromProto(p *omsv1.OrderCommand) (order.Command, error) {
 		return order.Command{}, fmt.Errorf("order_id: %w", err)
 	}
 	c := order.Command{ID: p.CommandId, OrderID: id, IssueTime: p.IssueTime.AsTime(), CorrelationID: p.CorrelationId}
+	switch a := p.GetActor(); {
+	case a == nil:
+		// Queued before principals existed, when every caller could touch
+		// every order: only holders of SQS send rights can put it there.
+		c.Actor = order.Actor{AllOrders: true}
+	case a.Id == "" || len(a.Id) > 2*order.MaxIDLen:
+		return order.Command{}, fmt.Errorf("actor: id must be 1 to %d characters", 2*order.MaxIDLen)
+	default:
+		c.Actor = order.Actor{ID: a.Id, CustomerID: a.CustomerId, AllOrders: a.AllOrders}
+	}
 	switch b := p.Command.(type) {
 	case *omsv1.OrderCommand_Create:
 		c.Body = CreateBody(b.Create.GetOrder())

@@ -24,7 +24,8 @@ func TestCommandRoundTrip(t *testing.T) {
 		order.DeliverOrder{},
 		order.CancelOrder{Reason: "r"},
 	} {
-		in := order.Command{ID: "req-1", OrderID: id, IssueTime: now, CorrelationID: "corr", Body: body}
+		in := order.Command{ID: "req-1", OrderID: id, IssueTime: now, CorrelationID: "corr", Body: body,
+			Actor: order.Actor{ID: "customer:c-1", CustomerID: "c-1"}}
 		b, err := EncodeCommand(in)
 		if err != nil {
 			t.Fatal(err)
@@ -48,6 +49,7 @@ func TestDecodeRejectsBadEnvelopes(t *testing.T) {
 		"bad order id":    `{"commandId":"a","orderId":"42","deliver":{}}`,
 		"no command id":   `{"orderId":"` + id + `","deliver":{}}`,
 		"space in cmd id": `{"commandId":"a b","orderId":"` + id + `","deliver":{}}`,
+		"empty actor id":  `{"commandId":"a","orderId":"` + id + `","actor":{"customerId":"c-1"},"deliver":{}}`,
 	} {
 		if _, err := DecodeCommand([]byte(body)); err == nil {
 			t.Errorf("%s: decoded", name)
@@ -64,5 +66,18 @@ func TestParseName(t *testing.T) {
 		if _, err := ParseName(bad); err == nil {
 			t.Errorf("ParseName(%q) accepted", bad)
 		}
+	}
+}
+
+// A command queued before principals existed carries no actor: it keeps
+// the rights every caller had then, so an upgrade loses nothing.
+func TestCommandWithoutActorIsFromBeforePrincipals(t *testing.T) {
+	id := uuid.NewString()
+	c, err := DecodeCommand([]byte(`{"commandId":"a","orderId":"` + id + `","deliver":{}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Actor != (order.Actor{AllOrders: true}) {
+		t.Errorf("actor %+v, want the pre-principal actor", c.Actor)
 	}
 }

@@ -52,7 +52,7 @@ func TestListPagesEveryOrderOnceWhileInserting(t *testing.T) {
 				if page > 1000 {
 					t.Fatal("pagination does not end")
 				}
-				got, err := s.List(ctx, orderstore.ListQuery{After: cursor, Ascending: asc, Limit: 7, Fields: []string{"id"}})
+				got, err := s.List(ctx, orderstore.ListQuery{Actor: staff, After: cursor, Ascending: asc, Limit: 7, Fields: []string{"id"}})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -109,7 +109,8 @@ func TestListFilters(t *testing.T) {
 		}
 		ids = append(ids, id)
 	}
-	mid, err := s.Get(ctx, ids[3], []string{"create_time"})
+	c2 := order.Actor{ID: "customer:c-2", CustomerID: "c-2"}
+	mid, err := s.Get(ctx, ids[3], []string{"create_time"}, staff)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,9 +126,17 @@ func TestListFilters(t *testing.T) {
 		{"created since", orderstore.ListQuery{CreateTime: []orderstore.TimeBound{{">=", mid.CreateTime}}}, []string{ids[5], ids[4], ids[3]}},
 		{"created before", orderstore.ListQuery{CreateTime: []orderstore.TimeBound{{"<", mid.CreateTime}}}, []string{ids[2], ids[1], ids[0]}},
 		{"range", orderstore.ListQuery{CreateTime: []orderstore.TimeBound{{">", mid.CreateTime}, {"<=", mid.CreateTime.Add(time.Hour)}}}, []string{ids[5], ids[4]}},
+		{"a customer sees its own", orderstore.ListQuery{Actor: c2}, []string{ids[5], ids[3], ids[1]}},
+		{"a customer filtering on another customer sees nothing", orderstore.ListQuery{Actor: c2, CustomerID: "c-1"}, nil},
+		{"a service client sees what it created", orderstore.ListQuery{Actor: storefront}, []string{ids[5], ids[4], ids[3], ids[2], ids[1], ids[0]}},
+		{"another service client sees nothing", orderstore.ListQuery{Actor: order.Actor{ID: "service:other"}}, nil},
+		{"an actor without an id sees nothing", orderstore.ListQuery{Actor: order.Actor{}}, nil},
 	}
 	for _, tc := range tests {
 		tc.q.Limit = 100
+		if tc.q.Actor == (order.Actor{}) && tc.want != nil {
+			tc.q.Actor = staff
+		}
 		got, err := s.List(ctx, tc.q)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)

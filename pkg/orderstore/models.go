@@ -29,6 +29,7 @@ type orderRow struct {
 	CancelTime         time.Time      `bun:"cancel_time,nullzero"`
 	RefundDue          bool           `bun:"refund_due"`
 	RejectionReason    string         `bun:"rejection_reason,nullzero"`
+	CreatedBy          string         `bun:"created_by"`
 	Version            int64          `bun:"version"`
 	LastEventSeq       int64          `bun:"last_event_seq"`
 	CreateTime         time.Time      `bun:"create_time"`
@@ -57,6 +58,7 @@ type eventRow struct {
 	CommandID    string         `bun:"command_id"`
 	Command      string         `bun:"command"`
 	Reason       string         `bun:"reason"`
+	Actor        string         `bun:"actor"`
 	Payload      map[string]any `bun:"payload,type:jsonb"`
 	OrderVersion int64          `bun:"order_version"`
 	OccurTime    time.Time      `bun:"occur_time"`
@@ -65,6 +67,7 @@ type eventRow struct {
 type commandRow struct {
 	bun.BaseModel `bun:"table:processed_commands"`
 
+	Principal   string    `bun:"principal,pk"`
 	CommandID   string    `bun:"command_id,pk"`
 	OrderID     string    `bun:"order_id,type:uuid"`
 	Command     string    `bun:"command"`
@@ -78,7 +81,7 @@ func toRow(o *order.Order, lastSeq int64) *orderRow {
 	r := &orderRow{
 		ID: o.ID, CustomerID: o.CustomerID, State: o.State.String(), CurrencyCode: o.Currency,
 		SubtotalMinor: o.SubtotalMinor, TotalMinor: o.TotalMinor, ShippingAddress: o.ShippingAddress,
-		RejectionReason: o.RejectionReason, Version: o.Version, LastEventSeq: lastSeq,
+		RejectionReason: o.RejectionReason, CreatedBy: o.CreatedBy, Version: o.Version, LastEventSeq: lastSeq,
 		CreateTime: o.CreateTime, UpdateTime: o.UpdateTime,
 	}
 	if p := o.Payment; p != nil {
@@ -100,7 +103,7 @@ func (r *orderRow) toOrder() order.Order {
 	o := order.Order{
 		ID: r.ID, CustomerID: r.CustomerID, State: st, Currency: r.CurrencyCode,
 		SubtotalMinor: r.SubtotalMinor, TotalMinor: r.TotalMinor, ShippingAddress: r.ShippingAddress,
-		RejectionReason: r.RejectionReason, Version: r.Version,
+		RejectionReason: r.RejectionReason, CreatedBy: r.CreatedBy, Version: r.Version,
 		CreateTime: r.CreateTime, UpdateTime: r.UpdateTime,
 	}
 	if r.PaymentReference != "" || r.PaymentAmountMinor != nil {
@@ -121,9 +124,9 @@ func (r *orderRow) toOrder() order.Order {
 	return o
 }
 
-func toEventRow(e order.Event) *eventRow {
+func toEventRow(e order.Event, actor string) *eventRow {
 	return &eventRow{
-		OrderID: e.OrderID, Seq: e.Seq, Type: string(e.Type), FromState: e.From.String(), ToState: e.To.String(),
+		Actor: actor, OrderID: e.OrderID, Seq: e.Seq, Type: string(e.Type), FromState: e.From.String(), ToState: e.To.String(),
 		CommandID: e.CommandID, Command: string(e.Command), Reason: e.Reason, Payload: e.Payload,
 		OrderVersion: e.OrderVersion, OccurTime: e.OccurTime,
 	}

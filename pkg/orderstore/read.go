@@ -62,16 +62,32 @@ func columns(fields []string, extra ...string) ([]string, bool, error) {
 	return slices.Compact(cols), lines, nil
 }
 
-// Get reads one order, selecting only the columns that fields need (every
-// field when fields is empty).
-func (s *Store) Get(ctx context.Context, id string, fields []string) (*order.Order, error) {
+// visibleTo restricts q to the orders actor may read (order.Actor.CanAccess
+// in SQL): another owner's order is simply not there.
+func visibleTo(q *bun.SelectQuery, a order.Actor) *bun.SelectQuery {
+	switch {
+	case a.AllOrders:
+		return q
+	case a.CustomerID != "":
+		return q.Where("customer_id = ?", a.CustomerID)
+	case a.ID != "":
+		return q.Where("created_by = ?", a.ID)
+	default:
+		return q.Where("false")
+	}
+}
+
+// Get reads one order that actor may see, selecting only the columns that
+// fields need (every field when fields is empty). Another owner's order is
+// ErrNotFound.
+func (s *Store) Get(ctx context.Context, id string, fields []string, actor order.Actor) (*order.Order, error) {
 	// id always: it keys the line items and proves the order exists.
 	cols, wantLines, err := columns(fields, "id")
 	if err != nil {
 		return nil, err
 	}
 	var row orderRow
-	q := s.db.NewSelect().Model(&row).Where("id = ?", id)
+	q := visibleTo(s.db.NewSelect().Model(&row).Where("id = ?", id), actor)
 	if cols != nil {
 		q = q.Column(cols...)
 	}
@@ -126,6 +142,7 @@ type TimeBound struct {
 
 // ListQuery selects a page of orders, newest first unless Ascending.
 type ListQuery struct {
+	Actor      order.Actor // only orders it may see, whatever else is asked
 	State      order.State // StateUnspecified: any
 	CustomerID string      // empty: any
 	CreateTime []TimeBound
@@ -144,7 +161,7 @@ func (s *Store) List(ctx context.Context, q ListQuery) ([]*order.Order, error) {
 		return nil, err
 	}
 	var rows []orderRow
-	sel := s.db.NewSelect().Model(&rows)
+	sel := visibleTo(s.db.NewSelect().Model(&rows), q.Actor)
 	if cols != nil {
 		sel = sel.Column(cols...)
 	}
@@ -186,17 +203,18 @@ func (s *Store) List(ctx context.Context, q ListQuery) ([]*order.Order, error) {
 	return out, nil
 }
 
-// Events returns up to limit entries of an order's history with sequence
-// numbers above afterSeq, oldest first.
-func (s *Store) Events(ctx context.Context, orderID string, afterSeq int64, limit int) ([]order.Event, error) {
+// Events returns up to limit entries of the history of an order actor may
+// see, with sequence numbers above afterSeq, oldest first.
+func (s *Store) Events(ctx context.Context, orderID string, afterSeq int64, limit int, actor order.Actor) ([]order.Event, error) {
+	owned := visibleTo(s.db.NewSelect().Model((*orderRow)(nil)).Column("id").Where("id = ?", orderID), actor)
 	var rows []eventRow
 	err := s.db.NewSelect().Model(&rows).Where("order_id = ?", orderID).Where("seq > ?", afterSeq).
-		Order("seq").Limit(int64(limit)).Scan(ctx)
+		Where("EXISTS (?)", owned).Order("seq").Limit(int64(limit)).Scan(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list events of %s: %w", orderID, err)
 	}
 	if len(rows) == 0 {
-		exists, err := s.db.NewSelect().Model((*orderRow)(nil)).Where("id = ?", orderID).Exists(ctx)
+		exists, err := owned.Exists(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("list events of %s: %w", orderID, err)
 		}

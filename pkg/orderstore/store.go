@@ -71,6 +71,10 @@ type Outcome string
 const (
 	Applied  Outcome = "applied"
 	Rejected Outcome = "rejected"
+	// Refused: the command's actor may not touch the order. Nothing was
+	// written to the order or its history; only the command's own record
+	// (scoped to its actor) says so.
+	Refused Outcome = "refused"
 	// Duplicate: the command id was processed before; nothing changed.
 	Duplicate Outcome = "duplicate"
 )
@@ -78,13 +82,15 @@ const (
 // Result describes a processed command.
 type Result struct {
 	Outcome Outcome
-	// Order is the order after the command; nil for duplicates and for
-	// rejections of commands on orders that do not exist.
+	// Order is the order after the command; nil for duplicates, refusals
+	// and rejections of commands on orders that do not exist.
 	Order *order.Order
-	// Event is the history entry written; zero for duplicates.
+	// Event is the history entry written; zero (Seq 0) when none was: for
+	// duplicates, refusals, and a rejection already recorded for the
+	// order's version (see recordable).
 	Event order.Event
-	// Reason is why the command was rejected: for duplicates, the original
-	// reason.
+	// Reason is why the command was rejected or refused: for duplicates,
+	// the original reason.
 	Reason string
 	// Mismatch is set on a duplicate whose request differs from the one
 	// first processed under that id: a reused idempotency key.
@@ -123,12 +129,13 @@ func (s *Store) apply(ctx context.Context, tx bun.Tx, cmd order.Command) (Result
 	fp := cmd.Fingerprint()
 
 	// Claim the id first: a concurrent duplicate blocks here on the unique
-	// index until this transaction ends, then sees the row and stops.
+	// index until this transaction ends, then sees the row and stops. Ids
+	// are per actor: the same key from two callers never collides.
 	claim := &commandRow{
-		CommandID: cmd.ID, OrderID: cmd.OrderID, Command: string(cmd.Kind()),
+		Principal: cmd.Actor.ID, CommandID: cmd.ID, OrderID: cmd.OrderID, Command: string(cmd.Kind()),
 		Outcome: string(Applied), Fingerprint: fp, ProcessedAt: now,
 	}
-	r, err := tx.NewInsert().Model(claim).On("CONFLICT (command_id) DO NOTHING").Exec(ctx)
+	r, err := tx.NewInsert().Model(claim).On("CONFLICT (principal, command_id) DO NOTHING").Exec(ctx)
 	if err != nil {
 		return Result{}, fmt.Errorf("claim command: %w", err)
 	}
@@ -143,8 +150,25 @@ func (s *Store) apply(ctx context.Context, tx bun.Tx, cmd order.Command) (Result
 	if cur == nil && cmd.Kind() != order.KindCreate {
 		return Result{}, ErrNotFound
 	}
+	if err := order.Authorize(cur, cmd); err != nil {
+		return Result{Outcome: Refused, Reason: err.Error()}, setOutcome(ctx, tx, cmd, Refused, err.Error())
+	}
 
 	d := order.Decide(cur, cmd, now)
+	res := Result{Outcome: Applied, Order: d.Order}
+	if res.Order == nil {
+		res.Order = cur
+	}
+	if d.Err != nil {
+		res.Outcome, res.Reason = Rejected, d.Err.Error()
+		if err := setOutcome(ctx, tx, cmd, Rejected, res.Reason); err != nil {
+			return Result{}, err
+		}
+		if ok, err := recordable(ctx, tx, cur, cmd); err != nil || !ok {
+			return res, err
+		}
+	}
+
 	seq := lastSeq + 1
 	switch {
 	case d.Order != nil && cur == nil:
@@ -158,31 +182,60 @@ func (s *Store) apply(ctx context.Context, tx bun.Tx, cmd order.Command) (Result
 	if err != nil {
 		return Result{}, err
 	}
+	res.Event = d.Event
+	return res, s.record(ctx, tx, cmd, &res, seq)
+}
 
-	d.Event.OrderID, d.Event.Seq = cmd.OrderID, seq
-	if _, err := tx.NewInsert().Model(toEventRow(d.Event)).Exec(ctx); err != nil {
-		return Result{}, fmt.Errorf("append event: %w", err)
-	}
-
-	res := Result{Outcome: Applied, Order: d.Order, Event: d.Event}
-	if res.Order == nil {
-		res.Order = cur
-	}
-	if d.Err != nil {
-		res.Outcome, res.Reason = Rejected, d.Err.Error()
-		_, err := tx.NewUpdate().Model((*commandRow)(nil)).
-			Set("outcome = ?", string(Rejected)).Set("reason = ?", res.Reason).
-			Where("command_id = ?", cmd.ID).Exec(ctx)
-		if err != nil {
-			return Result{}, fmt.Errorf("record rejection: %w", err)
-		}
+// record appends res.Event to the order's history as entry seq and runs the
+// hook.
+func (s *Store) record(ctx context.Context, tx bun.Tx, cmd order.Command, res *Result, seq int64) error {
+	res.Event.OrderID, res.Event.Seq = cmd.OrderID, seq
+	if _, err := tx.NewInsert().Model(toEventRow(res.Event, cmd.Actor.ID)).Exec(ctx); err != nil {
+		return fmt.Errorf("append event: %w", err)
 	}
 	if s.hook != nil {
-		if err := s.hook(ctx, tx, res); err != nil {
-			return Result{}, fmt.Errorf("tx hook: %w", err)
+		if err := s.hook(ctx, tx, *res); err != nil {
+			return fmt.Errorf("tx hook: %w", err)
 		}
 	}
-	return res, nil
+	return nil
+}
+
+func setOutcome(ctx context.Context, tx bun.Tx, cmd order.Command, o Outcome, reason string) error {
+	_, err := tx.NewUpdate().Model((*commandRow)(nil)).
+		Set("outcome = ?", string(o)).Set("reason = ?", reason).
+		Where("principal = ?", cmd.Actor.ID).Where("command_id = ?", cmd.ID).Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("record %s command: %w", o, err)
+	}
+	return nil
+}
+
+// recordable bounds what rejections can add to an order's history: a
+// command's refusal is recorded at most once, and at most one rejection per command
+// kind for each version of the order. An owner repeating a refused command
+// (with new keys each time) adds nothing more; its outcome stays in the
+// command's own record. With five kinds and at most five versions, a
+// history has a fixed upper size.
+func recordable(ctx context.Context, tx bun.Tx, cur *order.Order, cmd order.Command) (bool, error) {
+	if cur == nil {
+		return true, nil // a rejected create is a new REJECTED order
+	}
+	seen, err := tx.NewSelect().Model((*eventRow)(nil)).
+		Where("order_id = ?", cur.ID).
+		WhereGroup(" AND ", func(q *bun.SelectQuery) *bun.SelectQuery {
+			return q.WhereGroup(" OR ", func(q *bun.SelectQuery) *bun.SelectQuery {
+				return q.Where("order_version = ?", cur.Version).
+					Where("type = ?", string(order.EventCommandRejected)).Where("command = ?", string(cmd.Kind()))
+			}).WhereGroup(" OR ", func(q *bun.SelectQuery) *bun.SelectQuery {
+				return q.Where("actor = ?", cmd.Actor.ID).Where("command_id = ?", cmd.ID).
+					Where("type IN (?)", bun.In([]string{string(order.EventCommandRejected), string(order.EventOrderRejected)}))
+			})
+		}).Exists(ctx)
+	if err != nil {
+		return false, fmt.Errorf("look for a recorded rejection: %w", err)
+	}
+	return !seen, nil
 }
 
 // duplicate handles a command id seen before. A plain redelivery changes
@@ -191,7 +244,8 @@ func (s *Store) apply(ctx context.Context, tx bun.Tx, cmd order.Command) (Result
 // refusal, once.
 func (s *Store) duplicate(ctx context.Context, tx bun.Tx, cmd order.Command, fp []byte, now time.Time) (Result, error) {
 	var prev commandRow
-	if err := tx.NewSelect().Model(&prev).Where("command_id = ?", cmd.ID).Scan(ctx); err != nil {
+	err := tx.NewSelect().Model(&prev).Where("principal = ?", cmd.Actor.ID).Where("command_id = ?", cmd.ID).Scan(ctx)
+	if err != nil {
 		return Result{}, fmt.Errorf("load processed command: %w", err)
 	}
 	res := Result{Outcome: Duplicate, Reason: prev.Reason, Mismatch: !bytes.Equal(prev.Fingerprint, fp)}
@@ -202,15 +256,17 @@ func (s *Store) duplicate(ctx context.Context, tx bun.Tx, cmd order.Command, fp 
 	if err != nil {
 		return Result{}, err
 	}
+	// Only the actor's own orders hear about its reused key.
+	if order.Authorize(cur, cmd) != nil {
+		return res, errDuplicate
+	}
 	refusal := &order.PreconditionError{Reason: fmt.Sprintf(
 		"request id %s was already used for a different request; this one was not applied", cmd.ID)}
 	if cur != nil {
-		recorded, err := tx.NewSelect().Model((*eventRow)(nil)).
-			Where("order_id = ?", cmd.OrderID).Where("command_id = ?", cmd.ID).Where("reason = ?", refusal.Reason).Exists(ctx)
-		if err != nil {
-			return Result{}, fmt.Errorf("look for a recorded refusal: %w", err)
-		}
-		if recorded {
+		if ok, err := recordable(ctx, tx, cur, cmd); err != nil || !ok {
+			if err != nil {
+				return Result{}, err
+			}
 			return res, errDuplicate
 		}
 		res.Order = cur
@@ -235,16 +291,7 @@ func (s *Store) duplicate(ctx context.Context, tx bun.Tx, cmd order.Command, fp 
 			return Result{}, err
 		}
 	}
-	res.Event.OrderID, res.Event.Seq = cmd.OrderID, lastSeq+1
-	if _, err := tx.NewInsert().Model(toEventRow(res.Event)).Exec(ctx); err != nil {
-		return Result{}, fmt.Errorf("record reused request id: %w", err)
-	}
-	if s.hook != nil {
-		if err := s.hook(ctx, tx, res); err != nil {
-			return Result{}, fmt.Errorf("tx hook: %w", err)
-		}
-	}
-	return res, nil
+	return res, s.record(ctx, tx, cmd, &res, lastSeq+1)
 }
 
 // lockOrder loads the order FOR UPDATE; it returns nil when there is none.

@@ -22,9 +22,16 @@ func newStore(t *testing.T) *orderstore.Store {
 	return orderstore.New(dbtest.New(t), nil)
 }
 
+// storefront is the service client that sends the tests' commands; staff
+// reads every order.
+var (
+	storefront = order.Actor{ID: "service:storefront"}
+	staff      = order.Actor{ID: "service:staff", AllOrders: true}
+)
+
 func createCmd(orderID string) order.Command {
 	return order.Command{
-		ID: uuid.NewString(), OrderID: orderID, IssueTime: time.Now(),
+		ID: uuid.NewString(), OrderID: orderID, IssueTime: time.Now(), Actor: storefront,
 		Body: order.CreateOrder{CustomerID: "c-1", Currency: "USD", Lines: []order.LineItem{
 			{SKU: "SKU-1", Name: "Mug", Quantity: 2, UnitPriceMinor: 1200},
 			{SKU: "SKU-2", Name: "Tea", Quantity: 1, UnitPriceMinor: 550},
@@ -33,7 +40,7 @@ func createCmd(orderID string) order.Command {
 }
 
 func cmd(orderID string, body order.Body) order.Command {
-	return order.Command{ID: uuid.NewString(), OrderID: orderID, IssueTime: time.Now(), Body: body}
+	return order.Command{ID: uuid.NewString(), OrderID: orderID, IssueTime: time.Now(), Actor: storefront, Body: body}
 }
 
 func mustApply(t *testing.T, s *orderstore.Store, c order.Command, want orderstore.Outcome) orderstore.Result {
@@ -50,7 +57,7 @@ func mustApply(t *testing.T, s *orderstore.Store, c order.Command, want ordersto
 
 func events(t *testing.T, s *orderstore.Store, id string) []order.Event {
 	t.Helper()
-	evs, err := s.Events(context.Background(), id, 0, 1000)
+	evs, err := s.Events(context.Background(), id, 0, 1000, staff)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +78,7 @@ func TestMigrationsUpDownUp(t *testing.T) {
 		}
 		return int(n)
 	}
-	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 2 {
+	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 3 {
 		t.Fatalf("up: %d migrations, %v", n, err)
 	}
 	if got := tables(); got != 5 {
@@ -80,13 +87,13 @@ func TestMigrationsUpDownUp(t *testing.T) {
 	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 0 {
 		t.Fatalf("second up: %d migrations, %v; want none", n, err)
 	}
-	if n, err := orderstore.Rollback(ctx, db); err != nil || n != 2 {
+	if n, err := orderstore.Rollback(ctx, db); err != nil || n != 3 {
 		t.Fatalf("down: %d migrations, %v", n, err)
 	}
 	if got := tables(); got != 0 {
 		t.Fatalf("after down: %d tables, want 0", got)
 	}
-	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 2 {
+	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 3 {
 		t.Fatalf("up again: %d migrations, %v", n, err)
 	}
 	// The schema works after the round trip.
@@ -110,7 +117,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("after deliver: %+v", res.Order)
 	}
 
-	got, err := s.Get(ctx, id, nil)
+	got, err := s.Get(ctx, id, nil, staff)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +146,7 @@ func TestGetSelectsOnlyMaskedFields(t *testing.T) {
 	id := uuid.NewString()
 	mustApply(t, s, createCmd(id), orderstore.Applied)
 
-	got, err := s.Get(context.Background(), id, []string{"id", "state"})
+	got, err := s.Get(context.Background(), id, []string{"id", "state"}, staff)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,14 +156,14 @@ func TestGetSelectsOnlyMaskedFields(t *testing.T) {
 	if got.CustomerID != "" || got.Lines != nil || got.TotalMinor != 0 || got.Version != 0 || !got.CreateTime.IsZero() {
 		t.Errorf("masked get read unrequested columns: %+v", got)
 	}
-	got, err = s.Get(context.Background(), id, []string{"line_items"})
+	got, err = s.Get(context.Background(), id, []string{"line_items"}, staff)
 	if err != nil || len(got.Lines) != 2 {
 		t.Fatalf("line_items only: %+v, %v", got, err)
 	}
-	if _, err := s.Get(context.Background(), id, []string{"password"}); err == nil {
+	if _, err := s.Get(context.Background(), id, []string{"password"}, staff); err == nil {
 		t.Error("unknown field accepted")
 	}
-	if _, err := s.Get(context.Background(), uuid.NewString(), nil); !errors.Is(err, orderstore.ErrNotFound) {
+	if _, err := s.Get(context.Background(), uuid.NewString(), nil, staff); !errors.Is(err, orderstore.ErrNotFound) {
 		t.Errorf("missing order: %v, want ErrNotFound", err)
 	}
 }
@@ -191,7 +198,7 @@ func TestSameCommandConcurrentlyHasOneEffect(t *testing.T) {
 	if count[orderstore.Applied] != 1 || count[orderstore.Duplicate] != n-1 {
 		t.Fatalf("outcomes %v, want 1 applied and %d duplicates", count, n-1)
 	}
-	got, _ := s.Get(context.Background(), id, nil)
+	got, _ := s.Get(context.Background(), id, nil, staff)
 	if got.Version != 2 || got.State != order.StatePaid {
 		t.Errorf("order after 50 deliveries: state %s version %d", got.State, got.Version)
 	}
@@ -257,7 +264,7 @@ func TestRacingCommandsSerialize(t *testing.T) {
 	if res.Outcome != orderstore.Applied || res.Order.Version != 3 || !res.Order.Cancellation.RefundDue {
 		t.Fatalf("cancel after pay: %s %+v", res.Outcome, res.Order)
 	}
-	got, _ := s.Get(ctx, id, nil)
+	got, _ := s.Get(ctx, id, nil, staff)
 	if got.Payment == nil || got.Cancellation == nil || got.Version != 3 {
 		t.Errorf("lost update: %+v", got)
 	}
@@ -285,7 +292,7 @@ func TestRacingCommandsAreSerializable(t *testing.T) {
 			inner.Go(func() { pay = applyRetrying(t, s, cmd(id, order.PayOrder{Reference: "r", AmountMinor: 2950})) })
 			inner.Go(func() { cancel = applyRetrying(t, s, cmd(id, order.CancelOrder{})) })
 			inner.Wait()
-			got, err := s.Get(ctx, id, nil)
+			got, err := s.Get(ctx, id, nil, staff)
 			if err != nil {
 				t.Error(err)
 				return
@@ -356,7 +363,7 @@ func TestRejectedTransitionIsRecorded(t *testing.T) {
 	if res.Reason != "cannot ship an order in state CANCELLED" {
 		t.Errorf("reason = %q", res.Reason)
 	}
-	got, _ := s.Get(ctx, id, nil)
+	got, _ := s.Get(ctx, id, nil, staff)
 	if got.State != order.StateCancelled || got.Version != 2 || got.Shipment != nil {
 		t.Errorf("rejected command changed the order: %+v", got)
 	}
@@ -389,7 +396,7 @@ func TestInvalidCreateBecomesRejectedOrder(t *testing.T) {
 	c := createCmd(id)
 	c.Body = order.CreateOrder{CustomerID: "c", Currency: "USD"} // no lines
 	res := mustApply(t, s, c, orderstore.Rejected)
-	got, err := s.Get(context.Background(), id, nil)
+	got, err := s.Get(context.Background(), id, nil, staff)
 	if err != nil || got.State != order.StateRejected || got.RejectionReason != res.Reason || len(got.Lines) != 0 {
 		t.Fatalf("stored %+v, %v", got, err)
 	}
@@ -414,7 +421,7 @@ func TestReusedKeyWithDifferentRequest(t *testing.T) {
 	if len(evs) != 3 || evs[2].Type != order.EventCommandRejected || !strings.Contains(evs[2].Reason, "already used") {
 		t.Fatalf("history %+v, want one recorded refusal", evs)
 	}
-	got, _ := s.Get(context.Background(), id, nil)
+	got, _ := s.Get(context.Background(), id, nil, staff)
 	if got.Payment.Reference != "a" || got.Version != 2 {
 		t.Errorf("the reused key changed the order: %+v", got)
 	}
@@ -436,7 +443,7 @@ func TestReusedKeyWithDifferentRequest(t *testing.T) {
 			t.Error("not flagged")
 		}
 	}
-	o, err := s.Get(context.Background(), other.OrderID, nil)
+	o, err := s.Get(context.Background(), other.OrderID, nil, staff)
 	if err != nil || o.State != order.StateRejected || !strings.Contains(o.RejectionReason, "already used") {
 		t.Fatalf("order created with a reused key: %+v, %v", o, err)
 	}
@@ -455,7 +462,7 @@ func TestCommandOnMissingOrderChangesNothing(t *testing.T) {
 	}
 	// The claim rolled back, so the command can still apply once the create arrives.
 	mustApply(t, s, createCmd(id), orderstore.Applied)
-	mustApply(t, s, order.Command{ID: pay.ID, OrderID: id, Body: order.PayOrder{Reference: "a", AmountMinor: 2950}}, orderstore.Applied)
+	mustApply(t, s, order.Command{ID: pay.ID, OrderID: id, Actor: storefront, Body: order.PayOrder{Reference: "a", AmountMinor: 2950}}, orderstore.Applied)
 }
 
 func TestHookErrorRollsBackEverything(t *testing.T) {
@@ -484,7 +491,7 @@ func TestEventsAreAppendOnly(t *testing.T) {
 	if err == nil {
 		t.Fatal("updating history succeeded")
 	}
-	if _, err := s.Events(context.Background(), uuid.NewString(), 0, 10); !errors.Is(err, orderstore.ErrNotFound) {
+	if _, err := s.Events(context.Background(), uuid.NewString(), 0, 10, staff); !errors.Is(err, orderstore.ErrNotFound) {
 		t.Errorf("events of a missing order: %v", err)
 	}
 }

@@ -2,7 +2,9 @@ package serve
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"runtime/debug"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -18,6 +20,19 @@ const correlationHeader = "x-correlation-id"
 // X-Correlation-Id or the trace id of traceparent) or makes one, puts it in
 // the context for logs and the queue, and returns it in a response header.
 func correlationInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	id := correlationID(ctx)
+	grpc.SetHeader(ctx, metadata.Pairs(correlationHeader, id))
+	return h(logging.WithCorrelationID(ctx, id), req)
+}
+
+// correlationStreamInterceptor does the same for streams.
+func correlationStreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	id := correlationID(ss.Context())
+	ss.SetHeader(metadata.Pairs(correlationHeader, id))
+	return h(srv, &contextStream{ss, logging.WithCorrelationID(ss.Context(), id)})
+}
+
+func correlationID(ctx context.Context) string {
 	md, _ := metadata.FromIncomingContext(ctx)
 	id := ""
 	for _, k := range []string{"x-correlation-id", "x-request-id"} {
@@ -31,29 +46,67 @@ func correlationInterceptor(ctx context.Context, req any, info *grpc.UnaryServer
 	if id == "" {
 		id = logging.NewCorrelationID()
 	}
-	grpc.SetHeader(ctx, metadata.Pairs(correlationHeader, id))
-	return h(logging.WithCorrelationID(ctx, id), req)
+	return id
 }
 
+// contextStream is a stream with a context of its own.
+type contextStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *contextStream) Context() context.Context { return s.ctx }
+
 // errorInterceptor keeps internal detail (SQL, driver or stack text) away
-// from clients: an error that is not a deliberate status becomes a generic
-// INTERNAL, and the real error is logged with the correlation id.
+// from clients: an error that is not a deliberate status, or a panic,
+// becomes a generic INTERNAL, and the real error is logged with the
+// correlation id. Deliberate statuses (UNAUTHENTICATED from an auth
+// interceptor, say) pass unchanged.
 func errorInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		resp, err := h(ctx, req)
-		if err == nil {
-			return resp, nil
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = panicked(ctx, log, info.FullMethod, p)
+			}
+		}()
+		resp, err = h(ctx, req)
+		if err != nil {
+			return nil, hideInternal(ctx, log, info.FullMethod, err)
 		}
-		st, ok := status.FromError(err)
-		switch {
-		case !ok || st.Code() == codes.Unknown:
-			log.ErrorContext(ctx, "request failed", "method", info.FullMethod, "err", err)
-			return nil, status.Error(codes.Internal, "internal error")
-		case st.Code() == codes.Internal || st.Code() == codes.Unavailable:
-			log.ErrorContext(ctx, "request failed", "method", info.FullMethod, "code", st.Code().String(), "err", err)
-		default:
-			log.DebugContext(ctx, "request refused", "method", info.FullMethod, "code", st.Code().String(), "err", err)
-		}
-		return nil, err
+		return resp, nil
 	}
+}
+
+// errorStreamInterceptor does the same for streams.
+func errorStreamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = panicked(ss.Context(), log, info.FullMethod, p)
+			}
+		}()
+		if err := h(srv, ss); err != nil {
+			return hideInternal(ss.Context(), log, info.FullMethod, err)
+		}
+		return nil
+	}
+}
+
+func panicked(ctx context.Context, log *slog.Logger, method string, p any) error {
+	log.ErrorContext(ctx, "request panicked", "method", method, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+	return status.Error(codes.Internal, "internal error")
+}
+
+func hideInternal(ctx context.Context, log *slog.Logger, method string, err error) error {
+	st, ok := status.FromError(err)
+	switch {
+	case !ok || st.Code() == codes.Unknown:
+		log.ErrorContext(ctx, "request failed", "method", method, "err", err)
+		return status.Error(codes.Internal, "internal error")
+	case st.Code() == codes.Internal || st.Code() == codes.Unavailable:
+		log.ErrorContext(ctx, "request failed", "method", method, "code", st.Code().String(), "err", err)
+	default:
+		log.DebugContext(ctx, "request refused", "method", method, "code", st.Code().String(), "err", err)
+	}
+	return err
 }

@@ -1,11 +1,13 @@
 // Package serve runs a gRPC API and its HTTP/JSON gateway from one process,
-// with health endpoints and graceful shutdown. The gateway reaches the gRPC
-// server over a loopback connection, so interceptors run for HTTP calls too.
+// with an admin port for health and metrics, TLS, and graceful shutdown.
+// The gateway reaches the gRPC server over in-memory connections served by
+// the same server, so interceptors run for HTTP calls too.
 package serve
 
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -20,10 +22,12 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -32,14 +36,27 @@ import (
 
 // API describes a service to serve.
 type API struct {
-	Name     string
+	Name string
+	// GRPCAddr and HTTPAddr, when set, override Settings' addresses.
 	GRPCAddr string
 	HTTPAddr string
+	// Settings are the transport settings, from LoadSettings or
+	// DefaultSettings. Zero limits take the defaults; an empty AdminAddr
+	// serves no admin port.
+	Settings Settings
 	// Register adds the service implementations to the gRPC server.
 	Register func(*grpc.Server)
 	// Gateway registers the HTTP handlers, which call conn.
 	Gateway        func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error
 	GatewayOptions []runtime.ServeMuxOption
+	// UnaryInterceptors and StreamInterceptors run, in order, inside the
+	// metrics, correlation id and error interceptors: a status they return
+	// reaches the client as it is, a panic or a plain error is hidden.
+	UnaryInterceptors  []grpc.UnaryServerInterceptor
+	StreamInterceptors []grpc.StreamServerInterceptor
+	// HTTPMiddleware wraps the gateway's handler, inside the body limit
+	// (for a service's own header checks).
+	HTTPMiddleware func(http.Handler) http.Handler
 	// Ready reports whether dependencies answer; nil means always ready.
 	Ready func(context.Context) error
 	// MaxBodyBytes bounds HTTP request bodies; larger ones get 413.
@@ -54,51 +71,123 @@ type Server struct {
 	api      API
 	grpcLis  net.Listener
 	httpLis  net.Listener
+	adminLis net.Listener // nil without an admin port
+	grpcTLS  *tls.Config  // nil for plaintext
 	draining atomic.Bool
 }
 
-// Listen binds both ports, so a port clash fails before anything starts.
-func Listen(a API) (*Server, error) {
-	gl, err := net.Listen("tcp", a.GRPCAddr)
-	if err != nil {
-		return nil, fmt.Errorf("%s: gRPC listen on %s: %w", a.Name, a.GRPCAddr, err)
+// Listen binds the ports, so a port clash or a bad key pair fails before
+// anything starts.
+func Listen(a API) (_ *Server, err error) {
+	a.Settings = a.Settings.withDefaults()
+	if a.GRPCAddr == "" {
+		a.GRPCAddr = a.Settings.GRPCAddr
 	}
-	hl, err := net.Listen("tcp", a.HTTPAddr)
-	if err != nil {
-		gl.Close()
-		return nil, fmt.Errorf("%s: HTTP listen on %s: %w", a.Name, a.HTTPAddr, err)
+	if a.HTTPAddr == "" {
+		a.HTTPAddr = a.Settings.HTTPAddr
 	}
+	a.Settings.GRPCAddr, a.Settings.HTTPAddr = a.GRPCAddr, a.HTTPAddr
 	if a.DrainTimeout <= 0 {
 		a.DrainTimeout = 20 * time.Second
 	}
-	return &Server{api: a, grpcLis: gl, httpLis: hl}, nil
+	if a.Log == nil {
+		a.Log = slog.Default()
+	}
+	if err := a.Settings.check(); err != nil {
+		return nil, fmt.Errorf("%s: %w", a.Name, err)
+	}
+	s := &Server{api: a}
+	var httpTLS *tls.Config
+	if a.Settings.tls() {
+		if httpTLS, s.grpcTLS, err = serverTLS(a.Settings, a.Log); err != nil {
+			return nil, fmt.Errorf("%s: %w", a.Name, err)
+		}
+	}
+	defer func() {
+		if err != nil {
+			for _, l := range []net.Listener{s.grpcLis, s.httpLis, s.adminLis} {
+				if l != nil {
+					l.Close()
+				}
+			}
+		}
+	}()
+	if s.grpcLis, err = net.Listen("tcp", a.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("%s: gRPC listen on %s: %w", a.Name, a.GRPCAddr, err)
+	}
+	if s.httpLis, err = net.Listen("tcp", a.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("%s: HTTP listen on %s: %w", a.Name, a.HTTPAddr, err)
+	}
+	s.httpLis = netutil.LimitListener(s.httpLis, a.Settings.HTTP.MaxConns)
+	if httpTLS != nil {
+		s.httpLis = tls.NewListener(s.httpLis, httpTLS)
+	}
+	if a.Settings.AdminAddr != "" {
+		if s.adminLis, err = net.Listen("tcp", a.Settings.AdminAddr); err != nil {
+			return nil, fmt.Errorf("%s: admin listen on %s: %w", a.Name, a.Settings.AdminAddr, err)
+		}
+	}
+	return s, nil
 }
 
-// GRPCAddr and HTTPAddr are the bound addresses.
+// GRPCAddr, HTTPAddr and AdminAddr are the bound addresses (AdminAddr is
+// empty without an admin port).
 func (s *Server) GRPCAddr() string { return s.grpcLis.Addr().String() }
 func (s *Server) HTTPAddr() string { return s.httpLis.Addr().String() }
+func (s *Server) AdminAddr() string {
+	if s.adminLis == nil {
+		return ""
+	}
+	return s.adminLis.Addr().String()
+}
 
 // Serve runs until ctx ends, then drains: readiness turns false, new work is
 // refused, and requests in flight finish within DrainTimeout.
 func (s *Server) Serve(ctx context.Context) error {
 	a, log := s.api, s.api.Log
-	gs := grpc.NewServer(
+	set := a.Settings
+	opts := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler()),
-		grpc.ChainUnaryInterceptor(metrics.GRPC(a.Name), correlationInterceptor, errorInterceptor(log)),
-	)
+		// Outermost first: the error interceptor sees what the caller's
+		// interceptors and the handler return.
+		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{
+			metrics.GRPC(a.Name), correlationInterceptor, errorInterceptor(log),
+		}, a.UnaryInterceptors...)...),
+		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{
+			correlationStreamInterceptor, errorStreamInterceptor(log),
+		}, a.StreamInterceptors...)...),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: set.GRPCKeepaliveMinTime, PermitWithoutStream: false}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: set.GRPCMaxConnectionIdle, Time: set.GRPCKeepaliveTime, Timeout: set.GRPCKeepaliveTimeout,
+		}),
+		grpc.MaxConcurrentStreams(set.GRPCMaxConcurrentStreams),
+		grpc.MaxRecvMsgSize(set.GRPCMaxRecvBytes),
+		grpc.MaxSendMsgSize(set.GRPCMaxSendBytes),
+	}
+	if s.grpcTLS != nil {
+		opts = append(opts, grpc.Creds(serverCreds{credentials.NewTLS(s.grpcTLS)}))
+	}
+	gs := grpc.NewServer(opts...)
 	a.Register(gs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
-	reflection.Register(gs)
+	if set.GRPCReflection {
+		reflection.Register(gs)
+	}
 
-	conn, err := grpc.NewClient(loopback(s.GRPCAddr()),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler()))
+	inproc := newInProcessListener()
+	// Enough connections that MaxConcurrentStreams, per connection, does
+	// not cap the HTTP port below its own connection limit.
+	n := min(max(set.HTTP.MaxConns/int(set.GRPCMaxConcurrentStreams), 1), 16)
+	conn, err := inproc.dial(n, grpc.WithDefaultCallOptions(
+		grpc.MaxCallRecvMsgSize(set.GRPCMaxSendBytes), // what the server may send
+		grpc.MaxCallSendMsgSize(set.GRPCMaxRecvBytes),
+	))
 	if err != nil {
 		return fmt.Errorf("%s: gateway connection: %w", a.Name, err)
 	}
 	defer conn.Close()
-	opts := append([]runtime.ServeMuxOption{
+	gwOpts := append([]runtime.ServeMuxOption{
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false}, // unknown fields are errors
@@ -106,28 +195,55 @@ func (s *Server) Serve(ctx context.Context) error {
 		runtime.WithIncomingHeaderMatcher(incomingHeaders),
 		runtime.WithOutgoingHeaderMatcher(outgoingHeaders),
 		runtime.WithMiddlewares(routeLabel),
+		runtime.WithErrorHandler(httpError),
 	}, a.GatewayOptions...)
-	gw := runtime.NewServeMux(opts...)
+	gw := runtime.NewServeMux(gwOpts...)
 	if err := a.Gateway(ctx, gw, conn); err != nil {
 		return fmt.Errorf("%s: register gateway: %w", a.Name, err)
 	}
+	var api http.Handler = gw
+	if a.HTTPMiddleware != nil {
+		api = a.HTTPMiddleware(api)
+	}
 
+	// The public port keeps /healthz and /readyz (harmless, and what a load
+	// balancer may probe); /metrics is on the admin port only.
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /healthz", healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.Handle("GET /metrics", metrics.Handler())
-	mux.Handle("/", otelhttp.NewHandler(limitBody(gw, a.MaxBodyBytes), a.Name))
-	hsrv := &http.Server{Handler: metrics.HTTP(a.Name, mux), ReadHeaderTimeout: 10 * time.Second}
+	mux.Handle("/", otelhttp.NewHandler(limitBody(api, a.MaxBodyBytes), a.Name))
+	hsrv := NewHTTPServer(metrics.HTTP(a.Name, mux), set.HTTP)
+	hsrv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug) // TLS handshake noise from scanners
 
-	errc := make(chan error, 2)
+	var asrv *http.Server
+	if s.adminLis != nil {
+		admin := http.NewServeMux()
+		admin.HandleFunc("GET /healthz", healthz)
+		admin.HandleFunc("GET /readyz", s.readyz)
+		admin.Handle("GET /metrics", metrics.Handler())
+		asrv = NewHTTPServer(admin, set.HTTP)
+	}
+
+	errc := make(chan error, 4)
 	go func() { errc <- gs.Serve(s.grpcLis) }()
+	go func() { errc <- gs.Serve(inproc) }()
 	go func() { errc <- hsrv.Serve(s.httpLis) }()
-	log.Info("serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr())
+	if asrv != nil {
+		go func() { errc <- asrv.Serve(s.adminLis) }()
+	}
+	log.Info("serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "admin", s.AdminAddr(),
+		"tls", set.tls(), "grpc_client_auth", set.GRPCClientAuth)
+	if set.plaintextBeyondLoopback() {
+		log.Warn("serving plaintext beyond loopback (ALLOW_PLAINTEXT): a service mesh must encrypt this traffic")
+	}
 
 	select {
 	case err := <-errc:
 		gs.Stop()
 		hsrv.Close()
+		if asrv != nil {
+			asrv.Close()
+		}
 		return fmt.Errorf("%s: server stopped: %w", a.Name, err)
 	case <-ctx.Done():
 	}
@@ -145,12 +261,17 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-dctx.Done():
 		gs.Stop()
 	}
+	if asrv != nil {
+		asrv.Close() // last: probes see 503 until the end
+	}
 	log.Info("stopped")
 	if httpErr != nil && !errors.Is(httpErr, context.DeadlineExceeded) {
 		return httpErr
 	}
 	return nil
 }
+
+func healthz(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() {
@@ -192,14 +313,28 @@ func HealthCheckCommand(args []string, name, addr string) {
 	os.Exit(0)
 }
 
-// HealthCheck asks the service listening on addr whether it is alive.
+// HealthCheck asks the service listening on addr whether it is alive. A
+// port that answers plain HTTP with "HTTP request to an HTTPS server" is
+// asked again over TLS, without verifying the certificate: this is the
+// process checking itself on loopback, and the name the certificate holds
+// is not 127.0.0.1.
 func HealthCheck(addr string) error {
-	c := http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get("http://" + loopback(addr) + "/healthz")
+	tr := &http.Transport{DisableKeepAlives: true}
+	c := http.Client{Timeout: 3 * time.Second, Transport: tr}
+	target := loopback(addr) + "/healthz"
+	resp, err := c.Get("http://" + target)
 	if err != nil {
 		return err
 	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 	resp.Body.Close()
+	if resp.StatusCode == http.StatusBadRequest && bytes.Contains(body, []byte("HTTP request to an HTTPS server")) {
+		tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // see above
+		if resp, err = c.Get("https://" + target); err != nil {
+			return err
+		}
+		resp.Body.Close()
+	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("healthz: %s", resp.Status)
 	}

@@ -35,8 +35,10 @@ func (s *slowQuery) GetOrder(ctx context.Context, req *omsv1.GetOrderRequest) (*
 
 func startServer(t *testing.T, svc *slowQuery) (*Server, context.CancelFunc, chan error) {
 	t.Helper()
+	s := DefaultSettings()
+	s.AdminAddr = "127.0.0.1:0"
 	srv, err := Listen(API{
-		Name: "test", GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		Name: "test", GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Settings: s,
 		Register: func(s *grpc.Server) { omsv1.RegisterOrderQueryServiceServer(s, svc) },
 		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
 			return omsv1.RegisterOrderQueryServiceHandler(ctx, mux, conn)
@@ -122,7 +124,26 @@ func TestServerEdges(t *testing.T) {
 		t.Errorf("oversized body: %d, want 413", resp.StatusCode)
 	}
 
+	// /metrics is on the admin port only; health is on both.
 	resp, err = http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("public /metrics: %d, want 404", resp.StatusCode)
+	}
+	admin := "http://" + srv.AdminAddr()
+	for _, path := range []string{"/healthz", "/readyz"} {
+		for _, b := range []string{base, admin} {
+			if resp, err := http.Get(b + path); err != nil || resp.StatusCode != http.StatusOK {
+				t.Errorf("GET %s%s: %v %v", b, path, resp, err)
+			} else {
+				resp.Body.Close()
+			}
+		}
+	}
+	resp, err = http.Get(admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

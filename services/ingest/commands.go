@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -23,6 +24,7 @@ import (
 
 	omsv1 "github.com/omsdev/oms/proto/oms/v1"
 
+	"github.com/omsdev/oms/pkg/auth"
 	"github.com/omsdev/oms/pkg/logging"
 	"github.com/omsdev/oms/pkg/metrics"
 	"github.com/omsdev/oms/pkg/order"
@@ -46,21 +48,33 @@ func init() { metrics.Register(enqueued, enqueueDuration) }
 // errorDomain is the ErrorInfo domain of this API's errors (AIP-193).
 const errorDomain = "oms.omsdev.github.io"
 
-// orderIDSpace derives an order id from a create's request id, so a retried
-// create without an order_id names the same order.
+// orderIDSpace and the server's secret derive an order id from a create's
+// caller and request id: a retried create without an order_id names the
+// same order, and nobody without the secret can predict the id.
 var orderIDSpace = uuid.MustParse("8f0b6c52-5a7e-4f4c-9d0e-3c1f2a6b7d90")
+
+// orderID is a version-8 UUID: HMAC-SHA256 of the actor and request id
+// under the server secret.
+func orderID(secret []byte, actor order.Actor, requestID string) string {
+	return uuid.NewHash(hmac.New(sha256.New, secret), orderIDSpace, []byte(actor.ID+"\x00"+requestID), 8).String()
+}
 
 // commandService is the gRPC port: it turns requests into domain commands,
 // validates them with the domain's rules and enqueues them.
 type commandService struct {
 	omsv1.UnimplementedOrderCommandServiceServer
-	pub     message.Publisher
-	queue   string
-	timeout time.Duration
-	log     *slog.Logger
+	pub      message.Publisher
+	queue    string
+	timeout  time.Duration
+	idSecret []byte
+	log      *slog.Logger
 }
 
 func (s *commandService) CreateOrder(ctx context.Context, req *omsv1.CreateOrderRequest) (*omsv1.CommandAcceptance, error) {
+	actor, err := auth.ActorFromContext(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var vs []order.FieldViolation
 	reqID, generated, v := requestID(ctx, req.RequestId)
 	vs = append(vs, v...)
@@ -72,7 +86,7 @@ func (s *commandService) CreateOrder(ctx context.Context, req *omsv1.CreateOrder
 			vs = append(vs, order.FieldViolation{Field: "order_id", Description: err.Error()})
 		}
 	case !generated:
-		id = uuid.NewSHA1(orderIDSpace, []byte(reqID)).String()
+		id = orderID(s.idSecret, actor, reqID)
 	default:
 		id = uuid.NewString()
 	}
@@ -80,10 +94,21 @@ func (s *commandService) CreateOrder(ctx context.Context, req *omsv1.CreateOrder
 		vs = append(vs, order.FieldViolation{Field: "order", Description: "is required"})
 	}
 	body := orderpb.CreateBody(req.Order)
+	if actor.CustomerID != "" && !actor.AllOrders {
+		// A customer orders for itself: an empty customer_id is its own,
+		// another one is refused.
+		switch body.CustomerID {
+		case "":
+			body.CustomerID = actor.CustomerID
+		case actor.CustomerID:
+		default:
+			return nil, status.Error(codes.PermissionDenied, "order.customer_id: a customer can only create orders for itself; leave it empty or send your own id")
+		}
+	}
 	if req.Order != nil {
 		vs = append(vs, violations(order.Validate(body), "order.")...)
 	}
-	return s.enqueue(ctx, vs, order.Command{ID: reqID, OrderID: id, Body: body}, generated)
+	return s.enqueue(ctx, vs, order.Command{ID: reqID, OrderID: id, Actor: actor, Body: body}, generated)
 }
 
 func (s *commandService) PayOrder(ctx context.Context, req *omsv1.PayOrderRequest) (*omsv1.CommandAcceptance, error) {
@@ -106,13 +131,17 @@ func (s *commandService) CancelOrder(ctx context.Context, req *omsv1.CancelOrder
 // transition is legal depends on the order's state when the command is
 // applied, so it is decided by the processor, not here.
 func (s *commandService) change(ctx context.Context, name, reqField string, body order.Body) (*omsv1.CommandAcceptance, error) {
+	actor, err := auth.ActorFromContext(ctx)
+	if err != nil {
+		return nil, err
+	}
 	reqID, generated, vs := requestID(ctx, reqField)
 	id, err := orderpb.ParseName(name)
 	if err != nil {
 		vs = append(vs, order.FieldViolation{Field: "name", Description: err.Error()})
 	}
 	vs = append(vs, violations(order.Validate(body), "")...)
-	return s.enqueue(ctx, vs, order.Command{ID: reqID, OrderID: id, Body: body}, generated)
+	return s.enqueue(ctx, vs, order.Command{ID: reqID, OrderID: id, Actor: actor, Body: body}, generated)
 }
 
 func (s *commandService) enqueue(ctx context.Context, vs []order.FieldViolation, cmd order.Command, generated bool) (*omsv1.CommandAcceptance, error) {
@@ -157,12 +186,14 @@ func (s *commandService) enqueue(ctx context.Context, vs []order.FieldViolation,
 	}, nil
 }
 
-// dedupID is the SQS MessageDeduplicationId: the request id and what the
-// request asks for. A retry deduplicates; a request id reused for a
-// different request is not silently dropped by SQS but reaches the
-// processor, which records the refusal where the client can see it.
+// dedupID is the SQS MessageDeduplicationId: the actor, the request id and
+// what the request asks for. A retry deduplicates; the same key from
+// another caller, or reused for a different request, is not silently
+// dropped by SQS but reaches the processor, which keeps keys per caller.
 func dedupID(cmd order.Command) string {
 	h := sha256.New()
+	h.Write([]byte(cmd.Actor.ID))
+	h.Write([]byte{0})
 	h.Write([]byte(cmd.ID))
 	h.Write([]byte{0})
 	h.Write(cmd.Fingerprint())

@@ -20,6 +20,7 @@ import (
 
 	omsv1 "github.com/omsdev/oms/proto/oms/v1"
 
+	"github.com/omsdev/oms/pkg/auth"
 	"github.com/omsdev/oms/pkg/config"
 	"github.com/omsdev/oms/pkg/logging"
 	"github.com/omsdev/oms/pkg/queue"
@@ -28,21 +29,30 @@ import (
 )
 
 type Config struct {
-	HTTPAddr, GRPCAddr string
-	Queue              queue.Config
-	Batch              queue.BatchConfig
-	EnqueueTimeout     time.Duration
-	MaxBodyBytes       int64
-	DrainTimeout       time.Duration
-	LogLevel           string
+	// serve.Settings: HTTP_ADDR, GRPC_ADDR, ADMIN_ADDR, TLS_*, HTTP_*,
+	// GRPC_* and ALLOW_PLAINTEXT.
+	serve.Settings
+	// Guard: AUTH_* (issuer, audience, JWKS) and RATE_LIMIT_*.
+	Guard auth.Guard
+	// OrderIDSecret (ORDER_ID_SECRET, at least 32 characters, the same on
+	// every replica) keys the derivation of order ids from request ids.
+	OrderIDSecret  []byte
+	Queue          queue.Config
+	Batch          queue.BatchConfig
+	EnqueueTimeout time.Duration
+	MaxBodyBytes   int64
+	DrainTimeout   time.Duration
+	LogLevel       string
 }
 
 // LoadConfig reads the environment; see the README's configuration table.
 func LoadConfig(env *config.Env) (Config, error) {
 	c := Config{
-		HTTPAddr: env.Addr("HTTP_ADDR", "127.0.0.1:8080"),
-		GRPCAddr: env.Addr("GRPC_ADDR", "127.0.0.1:9090"),
-		Queue:    queue.Load(env),
+		Settings: serve.LoadSettings(env, serve.Defaults{
+			HTTPAddr: "127.0.0.1:8080", GRPCAddr: "127.0.0.1:9090", AdminAddr: "127.0.0.1:9180",
+		}),
+		Guard: auth.LoadGuard(env),
+		Queue: queue.Load(env),
 		Batch: queue.BatchConfig{
 			MaxEntries:  env.Int("INGEST_BATCH_MAX_ENTRIES", 10, 1, 10),
 			Linger:      env.Duration("INGEST_BATCH_LINGER", 5*time.Millisecond, 0, time.Second),
@@ -51,20 +61,42 @@ func LoadConfig(env *config.Env) (Config, error) {
 		EnqueueTimeout: env.Duration("INGEST_ENQUEUE_TIMEOUT", 5*time.Second, 100*time.Millisecond, time.Minute),
 		MaxBodyBytes:   int64(env.Int("MAX_BODY_BYTES", 1<<20, 1024, 64<<20)),
 		DrainTimeout:   env.Duration("DRAIN_TIMEOUT", 20*time.Second, 0, 10*time.Minute),
-		LogLevel:       env.String("LOG_LEVEL", "info"),
+		LogLevel:       env.OneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 	}
+	secret := env.Secret("ORDER_ID_SECRET", 32)
+	switch {
+	case secret == "" && c.Guard.Auth.InsecureDevMode:
+		secret = insecureDevSecret
+	case secret == "":
+		env.Errorf("ORDER_ID_SECRET is required: a random value of at least 32 characters, the same on every ingest replica (for example `openssl rand -hex 32`)")
+	}
+	c.OrderIDSecret = []byte(secret)
 	return c, env.Err()
+}
+
+// insecureDevSecret stands in for ORDER_ID_SECRET in insecure dev mode
+// only, where every caller is trusted anyway.
+const insecureDevSecret = "insecure-dev-mode-order-id-secret-not-for-production"
+
+// methods is every method of the command API: its scope and rate class.
+var methods = map[string]auth.Method{
+	omsv1.OrderCommandService_CreateOrder_FullMethodName:  {Scope: auth.ScopeCreate, Class: auth.ClassCommand},
+	omsv1.OrderCommandService_PayOrder_FullMethodName:     {Scope: auth.ScopePay, Class: auth.ClassCommand},
+	omsv1.OrderCommandService_ShipOrder_FullMethodName:    {Scope: auth.ScopeFulfil, Class: auth.ClassCommand},
+	omsv1.OrderCommandService_DeliverOrder_FullMethodName: {Scope: auth.ScopeFulfil, Class: auth.ClassCommand},
+	omsv1.OrderCommandService_CancelOrder_FullMethodName:  {Scope: auth.ScopeCancel, Class: auth.ClassCommand},
 }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The health check needs only the address, not the whole configuration.
+	serve.HealthCheckCommand(os.Args, "ingest", config.FromOS().Addr("HTTP_ADDR", "127.0.0.1:8080"))
 	cfg, err := LoadConfig(config.FromOS())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ingest:", err)
 		os.Exit(2)
 	}
-	serve.HealthCheckCommand(os.Args, "ingest", cfg.HTTPAddr)
 	log := logging.New(os.Stdout, "ingest", cfg.LogLevel)
 	if err := run(ctx, cfg, log); err != nil {
 		log.Error("ingest failed", "err", err)
@@ -92,12 +124,18 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer pub.Close() // after the server has drained: requests in flight still publish
 
-	svc := &commandService{pub: pub, queue: cfg.Queue.CommandQueue, timeout: cfg.EnqueueTimeout, log: log}
+	unary, stream, err := cfg.Guard.Interceptors(ctx, log, methods)
+	if err != nil {
+		return err
+	}
+	svc := &commandService{pub: pub, queue: cfg.Queue.CommandQueue, timeout: cfg.EnqueueTimeout, idSecret: cfg.OrderIDSecret, log: log}
 	srv, err := serve.Listen(serve.API{
-		Name:     "ingest",
-		GRPCAddr: cfg.GRPCAddr,
-		HTTPAddr: cfg.HTTPAddr,
-		Register: func(s *grpc.Server) { omsv1.RegisterOrderCommandServiceServer(s, svc) },
+		Name:               "ingest",
+		Settings:           cfg.Settings,
+		UnaryInterceptors:  unary,
+		StreamInterceptors: stream,
+		HTTPMiddleware:     checkIdempotencyKey,
+		Register:           func(s *grpc.Server) { omsv1.RegisterOrderCommandServiceServer(s, svc) },
 		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
 			return omsv1.RegisterOrderCommandServiceHandler(ctx, mux, conn)
 		},

@@ -6,6 +6,7 @@ import (
 
 	"github.com/omsdev/oms/pkg/config"
 	"github.com/omsdev/oms/pkg/queue"
+	"github.com/omsdev/oms/pkg/serve"
 )
 
 type Config struct {
@@ -13,6 +14,7 @@ type Config struct {
 	DBMaxConns   int
 	Queue        queue.Config
 	HTTPAddr     string
+	HTTP         serve.HTTPSettings // the health server's HTTP_* timeouts
 	DrainTimeout time.Duration
 	LogLevel     string
 
@@ -56,12 +58,13 @@ func (r RetryConfig) WorstCase(attemptTimeout time.Duration) time.Duration {
 // LoadConfig reads the environment; see the README's configuration table.
 func LoadConfig(env *config.Env) (Config, error) {
 	c := Config{
-		DatabaseURL:   env.URL("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable", "postgres", "postgresql"),
+		DatabaseURL:   env.PostgresURL("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable"),
 		DBMaxConns:    env.Int("DB_MAX_CONNS", 16, 1, 1000),
 		Queue:         queue.Load(env),
 		HTTPAddr:      env.Addr("HTTP_ADDR", "127.0.0.1:8082"),
+		HTTP:          serve.LoadHTTPSettings(env),
 		DrainTimeout:  env.Duration("DRAIN_TIMEOUT", 20*time.Second, 0, 10*time.Minute),
-		LogLevel:      env.String("LOG_LEVEL", "info"),
+		LogLevel:      env.OneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		Subscriptions: env.Int("PROCESSOR_SUBSCRIPTIONS", 8, 1, 256),
 		ReceiveBatch:  env.Int("PROCESSOR_RECEIVE_BATCH", 1, 1, 10),
 		Retry: RetryConfig{

@@ -39,3 +39,26 @@ func TestBadConfigNamesTheVariable(t *testing.T) {
 		}
 	}
 }
+
+// A DATABASE_URL the driver cannot take is a config error in one line
+// that never shows the password; LOG_LEVEL is checked.
+func TestDatabaseURLAndLogLevel(t *testing.T) {
+	for _, v := range []string{
+		"host=db user=oms password=hunter2 dbname=oms",
+		"postgres://oms:hunter2%zz@db/oms",
+		"postgres://oms:hunter2@db/oms?sslmode=bogus",
+	} {
+		_, err := LoadConfig(config.FromMap(map[string]string{"DATABASE_URL": v, "LOG_LEVEL": "loud"}))
+		if err == nil {
+			t.Fatalf("%s accepted", v)
+		}
+		msg := err.Error()
+		if strings.Contains(msg, "hunter2") || !strings.Contains(msg, "DATABASE_URL") || !strings.Contains(msg, "LOG_LEVEL") {
+			t.Errorf("%s: error %q: want DATABASE_URL and LOG_LEVEL named, no password", v, msg)
+		}
+	}
+	c, err := LoadConfig(config.FromMap(map[string]string{"HTTP_READ_TIMEOUT": "2s", "LOG_LEVEL": "debug"}))
+	if err != nil || c.HTTP.ReadTimeout != 2*time.Second || c.HTTP.IdleTimeout == 0 || c.LogLevel != "debug" {
+		t.Errorf("LoadConfig = %+v, %v", c.HTTP, err)
+	}
+}

@@ -96,6 +96,10 @@ func (a *applier) handle(msg *message.Message) error {
 		log.InfoContext(ctx, "command applied", "state", res.Order.State.String(), "version", res.Order.Version)
 	case orderstore.Rejected:
 		log.InfoContext(ctx, "command rejected", "reason", res.Reason)
+	case orderstore.Refused:
+		// Not the actor's order: no trace on it; the outcome is the
+		// command's own record.
+		log.WarnContext(ctx, "command refused: the sender may not act on this order", "actor", cmd.Actor.ID)
 	case orderstore.Duplicate:
 		if res.Mismatch {
 			log.WarnContext(ctx, "request id reused for a different command; ignored")

@@ -162,7 +162,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		return nil
 	}
-	health, err := listenHealth(cfg.HTTPAddr, ready, log)
+	health, err := listenHealth(cfg.HTTPAddr, cfg.HTTP, ready, log)
 	if err != nil {
 		return err
 	}
@@ -209,7 +209,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 // listenHealth serves /healthz and /readyz for Kubernetes probes, and
 // /metrics.
-func listenHealth(addr string, ready func(context.Context) error, log *slog.Logger) (*http.Server, error) {
+func listenHealth(addr string, hs serve.HTTPSettings, ready func(context.Context) error, log *slog.Logger) (*http.Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("health listen on %s: %w", addr, err)
@@ -227,7 +227,7 @@ func listenHealth(addr string, ready func(context.Context) error, log *slog.Logg
 		}
 		io.WriteString(w, "ok\n")
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := serve.NewHTTPServer(mux, hs)
 	go srv.Serve(ln)
 	return srv, nil
 }

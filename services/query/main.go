@@ -16,6 +16,7 @@ import (
 
 	omsv1 "github.com/omsdev/oms/proto/oms/v1"
 
+	"github.com/omsdev/oms/pkg/auth"
 	"github.com/omsdev/oms/pkg/config"
 	"github.com/omsdev/oms/pkg/logging"
 	"github.com/omsdev/oms/pkg/metrics"
@@ -25,35 +26,57 @@ import (
 )
 
 type Config struct {
-	HTTPAddr, GRPCAddr string
-	DatabaseURL        string
-	DBMaxConns         int
-	DrainTimeout       time.Duration
-	LogLevel           string
+	// serve.Settings: HTTP_ADDR, GRPC_ADDR, ADMIN_ADDR, TLS_*, HTTP_*,
+	// GRPC_* and ALLOW_PLAINTEXT.
+	serve.Settings
+	// Guard: AUTH_* (issuer, audience, JWKS) and RATE_LIMIT_*.
+	Guard auth.Guard
+	// MaxPageBytes (QUERY_MAX_PAGE_BYTES) bounds a list response's size;
+	// it must stay below GRPC_MAX_SEND_BYTES.
+	MaxPageBytes int
+	DatabaseURL  string
+	DBMaxConns   int
+	DrainTimeout time.Duration
+	LogLevel     string
 }
 
 // LoadConfig reads the environment; see the README's configuration table.
 func LoadConfig(env *config.Env) (Config, error) {
 	c := Config{
-		HTTPAddr:     env.Addr("HTTP_ADDR", "127.0.0.1:8081"),
-		GRPCAddr:     env.Addr("GRPC_ADDR", "127.0.0.1:9091"),
-		DatabaseURL:  env.URL("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable", "postgres", "postgresql"),
+		Settings: serve.LoadSettings(env, serve.Defaults{
+			HTTPAddr: "127.0.0.1:8081", GRPCAddr: "127.0.0.1:9091", AdminAddr: "127.0.0.1:9181",
+		}),
+		Guard:        auth.LoadGuard(env),
+		MaxPageBytes: env.Int("QUERY_MAX_PAGE_BYTES", 1<<20, 16<<10, 64<<20),
+		DatabaseURL:  env.PostgresURL("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable"),
 		DBMaxConns:   env.Int("DB_MAX_CONNS", 16, 1, 1000),
 		DrainTimeout: env.Duration("DRAIN_TIMEOUT", 20*time.Second, 0, 10*time.Minute),
-		LogLevel:     env.String("LOG_LEVEL", "info"),
+		LogLevel:     env.OneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 	}
+	// Room for the response's own fields and one order over the bound: a
+	// page is cut before the order that passes it.
+	env.Check(c.MaxPageBytes+256<<10 <= c.GRPCMaxSendBytes, "QUERY_MAX_PAGE_BYTES",
+		"must be at least 256 KiB below GRPC_MAX_SEND_BYTES (%d)", c.GRPCMaxSendBytes)
 	return c, env.Err()
+}
+
+// methods is every method of the query API: all need orders:read.
+var methods = map[string]auth.Method{
+	omsv1.OrderQueryService_GetOrder_FullMethodName:        {Scope: auth.ScopeRead, Class: auth.ClassRead},
+	omsv1.OrderQueryService_ListOrders_FullMethodName:      {Scope: auth.ScopeRead, Class: auth.ClassRead},
+	omsv1.OrderQueryService_ListOrderEvents_FullMethodName: {Scope: auth.ScopeRead, Class: auth.ClassRead},
 }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The health check needs only the address, not the whole configuration.
+	serve.HealthCheckCommand(os.Args, "query", config.FromOS().Addr("HTTP_ADDR", "127.0.0.1:8081"))
 	cfg, err := LoadConfig(config.FromOS())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "query:", err)
 		os.Exit(2)
 	}
-	serve.HealthCheckCommand(os.Args, "query", cfg.HTTPAddr)
 	log := logging.New(os.Stdout, "query", cfg.LogLevel)
 	if err := run(ctx, cfg, log); err != nil {
 		log.Error("query failed", "err", err)
@@ -70,12 +93,17 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	db := orderstore.OpenPool(cfg.DatabaseURL, cfg.DBMaxConns)
 	defer db.Close()
 	metrics.Register(collectors.NewDBStatsCollector(db.DB, "oms"))
-	svc := &queryService{store: orderstore.New(db, nil)}
+	unary, stream, err := cfg.Guard.Interceptors(ctx, log, methods)
+	if err != nil {
+		return err
+	}
+	svc := &queryService{store: orderstore.New(db, nil), maxPageBytes: cfg.MaxPageBytes}
 	srv, err := serve.Listen(serve.API{
-		Name:     "query",
-		GRPCAddr: cfg.GRPCAddr,
-		HTTPAddr: cfg.HTTPAddr,
-		Register: func(s *grpc.Server) { omsv1.RegisterOrderQueryServiceServer(s, svc) },
+		Name:               "query",
+		Settings:           cfg.Settings,
+		UnaryInterceptors:  unary,
+		StreamInterceptors: stream,
+		Register:           func(s *grpc.Server) { omsv1.RegisterOrderQueryServiceServer(s, svc) },
 		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
 			return omsv1.RegisterOrderQueryServiceHandler(ctx, mux, conn)
 		},

@@ -12,9 +12,11 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	omsv1 "github.com/omsdev/oms/proto/oms/v1"
 
+	"github.com/omsdev/oms/pkg/auth"
 	"github.com/omsdev/oms/pkg/order"
 	"github.com/omsdev/oms/pkg/orderpb"
 	"github.com/omsdev/oms/pkg/orderstore"
@@ -25,13 +27,22 @@ const (
 	maxPageSize     = 500
 )
 
-// queryService is the gRPC port over the store's read side.
+// queryService is the gRPC port over the store's read side. Every read is
+// confined to the orders the caller may see: another owner's order is
+// NOT_FOUND, and lists never include one, whatever the filter says.
 type queryService struct {
 	omsv1.UnimplementedOrderQueryServiceServer
 	store *orderstore.Store
+	// maxPageBytes bounds a list response's encoded size, below the
+	// transport's message limit: a page is cut by size as well as count.
+	maxPageBytes int
 }
 
 func (s *queryService) GetOrder(ctx context.Context, req *omsv1.GetOrderRequest) (*omsv1.Order, error) {
+	actor, err := auth.ActorFromContext(ctx)
+	if err != nil {
+		return nil, err
+	}
 	id, err := orderpb.ParseName(req.Name)
 	if err != nil {
 		return nil, badRequest("name", err.Error())
@@ -40,7 +51,7 @@ func (s *queryService) GetOrder(ctx context.Context, req *omsv1.GetOrderRequest)
 	if err != nil {
 		return nil, badRequest("read_mask", err.Error())
 	}
-	o, err := s.store.Get(ctx, id, mask.columns())
+	o, err := s.store.Get(ctx, id, mask.columns(), actor)
 	if errors.Is(err, orderstore.ErrNotFound) {
 		return nil, status.Errorf(codes.NotFound, "order %s not found", req.Name)
 	}
@@ -53,6 +64,10 @@ func (s *queryService) GetOrder(ctx context.Context, req *omsv1.GetOrderRequest)
 }
 
 func (s *queryService) ListOrders(ctx context.Context, req *omsv1.ListOrdersRequest) (*omsv1.ListOrdersResponse, error) {
+	actor, err := auth.ActorFromContext(ctx)
+	if err != nil {
+		return nil, err
+	}
 	size, err := pageSize(req.PageSize, defaultPageSize, maxPageSize)
 	if err != nil {
 		return nil, err
@@ -84,26 +99,33 @@ func (s *queryService) ListOrders(ctx context.Context, req *omsv1.ListOrdersRequ
 		}
 		q.After = &orderstore.Cursor{CreateTime: tok.CreateTime, ID: tok.ID}
 	}
-	q.Limit, q.Fields = size+1, mask.columns()
+	q.Limit, q.Fields, q.Actor = size+1, mask.columns(), actor
 	orders, err := s.store.List(ctx, q)
 	if err != nil {
 		return nil, storeError(err)
 	}
 	resp := &omsv1.ListOrdersResponse{}
-	if len(orders) > size {
-		orders = orders[:size]
-		last := orders[size-1]
-		resp.NextPageToken = encodeToken(scope, listToken{CreateTime: last.CreateTime, ID: last.ID})
-	}
-	for _, o := range orders {
+	bytes := 0
+	for i, o := range orders {
 		p := orderpb.Order(o)
 		mask.apply(p)
+		// Cut the page where the next order would pass the size bound (one
+		// order always fits: orders are validated far below it).
+		if bytes += proto.Size(p) + 8; i == size || (i > 0 && bytes > s.maxPageBytes) {
+			last := orders[i-1]
+			resp.NextPageToken = encodeToken(scope, listToken{CreateTime: last.CreateTime, ID: last.ID})
+			break
+		}
 		resp.Orders = append(resp.Orders, p)
 	}
 	return resp, nil
 }
 
 func (s *queryService) ListOrderEvents(ctx context.Context, req *omsv1.ListOrderEventsRequest) (*omsv1.ListOrderEventsResponse, error) {
+	actor, err := auth.ActorFromContext(ctx)
+	if err != nil {
+		return nil, err
+	}
 	id, err := orderpb.ParseName(req.Parent)
 	if err != nil {
 		return nil, badRequest("parent", err.Error())
@@ -116,7 +138,7 @@ func (s *queryService) ListOrderEvents(ctx context.Context, req *omsv1.ListOrder
 	if err := decodeToken(req.PageToken, id, &tok); err != nil {
 		return nil, err
 	}
-	evs, err := s.store.Events(ctx, id, tok.AfterSeq, size+1)
+	evs, err := s.store.Events(ctx, id, tok.AfterSeq, size+1, actor)
 	if errors.Is(err, orderstore.ErrNotFound) {
 		return nil, status.Errorf(codes.NotFound, "order %s not found", req.Parent)
 	}
@@ -124,12 +146,14 @@ func (s *queryService) ListOrderEvents(ctx context.Context, req *omsv1.ListOrder
 		return nil, storeError(err)
 	}
 	resp := &omsv1.ListOrderEventsResponse{}
-	if len(evs) > size {
-		evs = evs[:size]
-		resp.NextPageToken = encodeToken(id, eventsToken{AfterSeq: evs[size-1].Seq})
-	}
-	for _, e := range evs {
-		resp.Events = append(resp.Events, orderpb.Event(e))
+	bytes := 0
+	for i, e := range evs {
+		p := orderpb.Event(e)
+		if bytes += proto.Size(p) + 8; i == size || (i > 0 && bytes > s.maxPageBytes) {
+			resp.NextPageToken = encodeToken(id, eventsToken{AfterSeq: evs[i-1].Seq})
+			break
+		}
+		resp.Events = append(resp.Events, p)
 	}
 	return resp, nil
 }

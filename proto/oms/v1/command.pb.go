@@ -26,13 +26,18 @@ const (
 // processor applies. It is encoded as protobuf JSON (SQS bodies are text).
 type OrderCommand struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The client's request id: the idempotency key, and the SQS
-	// MessageDeduplicationId.
+	// The client's request id: the idempotency key, unique per actor. The
+	// SQS MessageDeduplicationId is a hash of the actor, this id and the
+	// request.
 	CommandId string `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
 	// The SQS MessageGroupId: commands of one order are applied in order.
 	OrderId       string                 `protobuf:"bytes,2,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
 	IssueTime     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=issue_time,json=issueTime,proto3" json:"issue_time,omitempty"`
 	CorrelationId string                 `protobuf:"bytes,4,opt,name=correlation_id,json=correlationId,proto3" json:"correlation_id,omitempty"`
+	// Who sent the command, from the caller's verified token. The processor
+	// applies it only to orders the actor may touch. Absent only on commands
+	// queued before principals existed.
+	Actor *CommandActor `protobuf:"bytes,5,opt,name=actor,proto3" json:"actor,omitempty"`
 	// Types that are valid to be assigned to Command:
 	//
 	//	*OrderCommand_Create
@@ -101,6 +106,13 @@ func (x *OrderCommand) GetCorrelationId() string {
 		return x.CorrelationId
 	}
 	return ""
+}
+
+func (x *OrderCommand) GetActor() *CommandActor {
+	if x != nil {
+		return x.Actor
+	}
+	return nil
 }
 
 func (x *OrderCommand) GetCommand() isOrderCommand_Command {
@@ -189,6 +201,71 @@ func (*OrderCommand_Deliver) isOrderCommand_Command() {}
 
 func (*OrderCommand_Cancel) isOrderCommand_Command() {}
 
+// CommandActor is the authenticated principal behind a command.
+type CommandActor struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "customer:<sub>" or "service:<client id>": scopes idempotency keys and
+	// owns the orders a service client creates.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Set for customers: the only customer whose orders the actor may touch.
+	CustomerId string `protobuf:"bytes,2,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
+	// Staff: every order.
+	AllOrders     bool `protobuf:"varint,3,opt,name=all_orders,json=allOrders,proto3" json:"all_orders,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandActor) Reset() {
+	*x = CommandActor{}
+	mi := &file_oms_v1_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandActor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandActor) ProtoMessage() {}
+
+func (x *CommandActor) ProtoReflect() protoreflect.Message {
+	mi := &file_oms_v1_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandActor.ProtoReflect.Descriptor instead.
+func (*CommandActor) Descriptor() ([]byte, []int) {
+	return file_oms_v1_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CommandActor) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CommandActor) GetCustomerId() string {
+	if x != nil {
+		return x.CustomerId
+	}
+	return ""
+}
+
+func (x *CommandActor) GetAllOrders() bool {
+	if x != nil {
+		return x.AllOrders
+	}
+	return false
+}
+
 type CreateOrderCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Order         *Order                 `protobuf:"bytes,1,opt,name=order,proto3" json:"order,omitempty"`
@@ -198,7 +275,7 @@ type CreateOrderCommand struct {
 
 func (x *CreateOrderCommand) Reset() {
 	*x = CreateOrderCommand{}
-	mi := &file_oms_v1_command_proto_msgTypes[1]
+	mi := &file_oms_v1_command_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +287,7 @@ func (x *CreateOrderCommand) String() string {
 func (*CreateOrderCommand) ProtoMessage() {}
 
 func (x *CreateOrderCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_oms_v1_command_proto_msgTypes[1]
+	mi := &file_oms_v1_command_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +300,7 @@ func (x *CreateOrderCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateOrderCommand.ProtoReflect.Descriptor instead.
 func (*CreateOrderCommand) Descriptor() ([]byte, []int) {
-	return file_oms_v1_command_proto_rawDescGZIP(), []int{1}
+	return file_oms_v1_command_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CreateOrderCommand) GetOrder() *Order {
@@ -243,7 +320,7 @@ type PayOrderCommand struct {
 
 func (x *PayOrderCommand) Reset() {
 	*x = PayOrderCommand{}
-	mi := &file_oms_v1_command_proto_msgTypes[2]
+	mi := &file_oms_v1_command_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -255,7 +332,7 @@ func (x *PayOrderCommand) String() string {
 func (*PayOrderCommand) ProtoMessage() {}
 
 func (x *PayOrderCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_oms_v1_command_proto_msgTypes[2]
+	mi := &file_oms_v1_command_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -268,7 +345,7 @@ func (x *PayOrderCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayOrderCommand.ProtoReflect.Descriptor instead.
 func (*PayOrderCommand) Descriptor() ([]byte, []int) {
-	return file_oms_v1_command_proto_rawDescGZIP(), []int{2}
+	return file_oms_v1_command_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PayOrderCommand) GetPaymentReference() string {
@@ -295,7 +372,7 @@ type ShipOrderCommand struct {
 
 func (x *ShipOrderCommand) Reset() {
 	*x = ShipOrderCommand{}
-	mi := &file_oms_v1_command_proto_msgTypes[3]
+	mi := &file_oms_v1_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -307,7 +384,7 @@ func (x *ShipOrderCommand) String() string {
 func (*ShipOrderCommand) ProtoMessage() {}
 
 func (x *ShipOrderCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_oms_v1_command_proto_msgTypes[3]
+	mi := &file_oms_v1_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -320,7 +397,7 @@ func (x *ShipOrderCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShipOrderCommand.ProtoReflect.Descriptor instead.
 func (*ShipOrderCommand) Descriptor() ([]byte, []int) {
-	return file_oms_v1_command_proto_rawDescGZIP(), []int{3}
+	return file_oms_v1_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ShipOrderCommand) GetCarrier() string {
@@ -345,7 +422,7 @@ type DeliverOrderCommand struct {
 
 func (x *DeliverOrderCommand) Reset() {
 	*x = DeliverOrderCommand{}
-	mi := &file_oms_v1_command_proto_msgTypes[4]
+	mi := &file_oms_v1_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -357,7 +434,7 @@ func (x *DeliverOrderCommand) String() string {
 func (*DeliverOrderCommand) ProtoMessage() {}
 
 func (x *DeliverOrderCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_oms_v1_command_proto_msgTypes[4]
+	mi := &file_oms_v1_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -370,7 +447,7 @@ func (x *DeliverOrderCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverOrderCommand.ProtoReflect.Descriptor instead.
 func (*DeliverOrderCommand) Descriptor() ([]byte, []int) {
-	return file_oms_v1_command_proto_rawDescGZIP(), []int{4}
+	return file_oms_v1_command_proto_rawDescGZIP(), []int{5}
 }
 
 type CancelOrderCommand struct {
@@ -382,7 +459,7 @@ type CancelOrderCommand struct {
 
 func (x *CancelOrderCommand) Reset() {
 	*x = CancelOrderCommand{}
-	mi := &file_oms_v1_command_proto_msgTypes[5]
+	mi := &file_oms_v1_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -394,7 +471,7 @@ func (x *CancelOrderCommand) String() string {
 func (*CancelOrderCommand) ProtoMessage() {}
 
 func (x *CancelOrderCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_oms_v1_command_proto_msgTypes[5]
+	mi := &file_oms_v1_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -407,7 +484,7 @@ func (x *CancelOrderCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelOrderCommand.ProtoReflect.Descriptor instead.
 func (*CancelOrderCommand) Descriptor() ([]byte, []int) {
-	return file_oms_v1_command_proto_rawDescGZIP(), []int{5}
+	return file_oms_v1_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CancelOrderCommand) GetReason() string {
@@ -435,7 +512,7 @@ type OrderNotification struct {
 
 func (x *OrderNotification) Reset() {
 	*x = OrderNotification{}
-	mi := &file_oms_v1_command_proto_msgTypes[6]
+	mi := &file_oms_v1_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -447,7 +524,7 @@ func (x *OrderNotification) String() string {
 func (*OrderNotification) ProtoMessage() {}
 
 func (x *OrderNotification) ProtoReflect() protoreflect.Message {
-	mi := &file_oms_v1_command_proto_msgTypes[6]
+	mi := &file_oms_v1_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -460,7 +537,7 @@ func (x *OrderNotification) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OrderNotification.ProtoReflect.Descriptor instead.
 func (*OrderNotification) Descriptor() ([]byte, []int) {
-	return file_oms_v1_command_proto_rawDescGZIP(), []int{6}
+	return file_oms_v1_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *OrderNotification) GetEventId() string {
@@ -509,21 +586,28 @@ var File_oms_v1_command_proto protoreflect.FileDescriptor
 
 const file_oms_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x14oms/v1/command.proto\x12\x06oms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12oms/v1/order.proto\"\xb7\x03\n" +
+	"\x14oms/v1/command.proto\x12\x06oms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12oms/v1/order.proto\"\xe3\x03\n" +
 	"\fOrderCommand\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x19\n" +
 	"\border_id\x18\x02 \x01(\tR\aorderId\x129\n" +
 	"\n" +
 	"issue_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tissueTime\x12%\n" +
-	"\x0ecorrelation_id\x18\x04 \x01(\tR\rcorrelationId\x124\n" +
+	"\x0ecorrelation_id\x18\x04 \x01(\tR\rcorrelationId\x12*\n" +
+	"\x05actor\x18\x05 \x01(\v2\x14.oms.v1.CommandActorR\x05actor\x124\n" +
 	"\x06create\x18\n" +
 	" \x01(\v2\x1a.oms.v1.CreateOrderCommandH\x00R\x06create\x12+\n" +
 	"\x03pay\x18\v \x01(\v2\x17.oms.v1.PayOrderCommandH\x00R\x03pay\x12.\n" +
 	"\x04ship\x18\f \x01(\v2\x18.oms.v1.ShipOrderCommandH\x00R\x04ship\x127\n" +
 	"\adeliver\x18\r \x01(\v2\x1b.oms.v1.DeliverOrderCommandH\x00R\adeliver\x124\n" +
 	"\x06cancel\x18\x0e \x01(\v2\x1a.oms.v1.CancelOrderCommandH\x00R\x06cancelB\t\n" +
-	"\acommand\"9\n" +
+	"\acommand\"^\n" +
+	"\fCommandActor\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
+	"\vcustomer_id\x18\x02 \x01(\tR\n" +
+	"customerId\x12\x1d\n" +
+	"\n" +
+	"all_orders\x18\x03 \x01(\bR\tallOrders\"9\n" +
 	"\x12CreateOrderCommand\x12#\n" +
 	"\x05order\x18\x01 \x01(\v2\r.oms.v1.OrderR\x05order\"a\n" +
 	"\x0fPayOrderCommand\x12+\n" +
@@ -555,35 +639,37 @@ func file_oms_v1_command_proto_rawDescGZIP() []byte {
 	return file_oms_v1_command_proto_rawDescData
 }
 
-var file_oms_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_oms_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_oms_v1_command_proto_goTypes = []any{
 	(*OrderCommand)(nil),          // 0: oms.v1.OrderCommand
-	(*CreateOrderCommand)(nil),    // 1: oms.v1.CreateOrderCommand
-	(*PayOrderCommand)(nil),       // 2: oms.v1.PayOrderCommand
-	(*ShipOrderCommand)(nil),      // 3: oms.v1.ShipOrderCommand
-	(*DeliverOrderCommand)(nil),   // 4: oms.v1.DeliverOrderCommand
-	(*CancelOrderCommand)(nil),    // 5: oms.v1.CancelOrderCommand
-	(*OrderNotification)(nil),     // 6: oms.v1.OrderNotification
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
-	(*Order)(nil),                 // 8: oms.v1.Order
-	(*OrderEvent)(nil),            // 9: oms.v1.OrderEvent
-	(Order_State)(0),              // 10: oms.v1.Order.State
+	(*CommandActor)(nil),          // 1: oms.v1.CommandActor
+	(*CreateOrderCommand)(nil),    // 2: oms.v1.CreateOrderCommand
+	(*PayOrderCommand)(nil),       // 3: oms.v1.PayOrderCommand
+	(*ShipOrderCommand)(nil),      // 4: oms.v1.ShipOrderCommand
+	(*DeliverOrderCommand)(nil),   // 5: oms.v1.DeliverOrderCommand
+	(*CancelOrderCommand)(nil),    // 6: oms.v1.CancelOrderCommand
+	(*OrderNotification)(nil),     // 7: oms.v1.OrderNotification
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*Order)(nil),                 // 9: oms.v1.Order
+	(*OrderEvent)(nil),            // 10: oms.v1.OrderEvent
+	(Order_State)(0),              // 11: oms.v1.Order.State
 }
 var file_oms_v1_command_proto_depIdxs = []int32{
-	7,  // 0: oms.v1.OrderCommand.issue_time:type_name -> google.protobuf.Timestamp
-	1,  // 1: oms.v1.OrderCommand.create:type_name -> oms.v1.CreateOrderCommand
-	2,  // 2: oms.v1.OrderCommand.pay:type_name -> oms.v1.PayOrderCommand
-	3,  // 3: oms.v1.OrderCommand.ship:type_name -> oms.v1.ShipOrderCommand
-	4,  // 4: oms.v1.OrderCommand.deliver:type_name -> oms.v1.DeliverOrderCommand
-	5,  // 5: oms.v1.OrderCommand.cancel:type_name -> oms.v1.CancelOrderCommand
-	8,  // 6: oms.v1.CreateOrderCommand.order:type_name -> oms.v1.Order
-	9,  // 7: oms.v1.OrderNotification.event:type_name -> oms.v1.OrderEvent
-	10, // 8: oms.v1.OrderNotification.state:type_name -> oms.v1.Order.State
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	8,  // 0: oms.v1.OrderCommand.issue_time:type_name -> google.protobuf.Timestamp
+	1,  // 1: oms.v1.OrderCommand.actor:type_name -> oms.v1.CommandActor
+	2,  // 2: oms.v1.OrderCommand.create:type_name -> oms.v1.CreateOrderCommand
+	3,  // 3: oms.v1.OrderCommand.pay:type_name -> oms.v1.PayOrderCommand
+	4,  // 4: oms.v1.OrderCommand.ship:type_name -> oms.v1.ShipOrderCommand
+	5,  // 5: oms.v1.OrderCommand.deliver:type_name -> oms.v1.DeliverOrderCommand
+	6,  // 6: oms.v1.OrderCommand.cancel:type_name -> oms.v1.CancelOrderCommand
+	9,  // 7: oms.v1.CreateOrderCommand.order:type_name -> oms.v1.Order
+	10, // 8: oms.v1.OrderNotification.event:type_name -> oms.v1.OrderEvent
+	11, // 9: oms.v1.OrderNotification.state:type_name -> oms.v1.Order.State
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_oms_v1_command_proto_init() }
@@ -605,7 +691,7 @@ func file_oms_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_oms_v1_command_proto_rawDesc), len(file_oms_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -224,6 +224,9 @@ func (l *loader) do(ctx context.Context, method, url string, body []byte, h http
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if l.cfg.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+l.cfg.Token)
+	}
 	resp, err := l.client.Do(req)
 	if err != nil {
 		return nil, err

@@ -13,6 +13,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/omsdev/oms/pkg/devissuer"
 )
 
 type config struct {
@@ -30,6 +32,9 @@ type config struct {
 	Ceiling     bool
 	DatabaseURL string
 	PGClients   int
+	// Token is the bearer token every request carries: the storefront
+	// service's unless $OMS_TOKEN says otherwise; none when empty.
+	Token string
 }
 
 func parseFlags(args []string) (config, error) {
@@ -79,6 +84,11 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "omsload:", err)
 		os.Exit(2)
+	}
+	cfg.Token = devissuer.LocalToken(devissuer.EnvService)
+	if cfg.Token == "" {
+		fmt.Fprintf(os.Stderr, "omsload: no token in $%s, $%s or %s: sending requests without one (only a stack in AUTH_INSECURE_DEV_MODE takes them)\n",
+			devissuer.EnvOverride, devissuer.EnvService, devissuer.TokensFile())
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

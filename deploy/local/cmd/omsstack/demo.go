@@ -11,14 +11,23 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/omsdev/oms/pkg/devissuer"
 )
 
 // demo walks three orders through the running stack: a full lifecycle, a
 // paid order cancelled (refund due), and an illegal command that is
-// rejected and recorded.
+// rejected and recorded. It acts as the storefront service, and as the
+// staff console for shipping, which the storefront may not do; $OMS_TOKEN
+// replaces both.
 func demo(ctx context.Context, ingest, query string) error {
 	if _, err := http.Get(query + "/readyz"); err != nil {
 		return fmt.Errorf("no stack answers at %s; start it with `make run` in another terminal", query)
+	}
+	token := devissuer.LocalToken(devissuer.EnvService)
+	staff := devissuer.LocalToken(devissuer.EnvStaff)
+	if staff == "" {
+		staff = token
 	}
 	body := `{"customerId":"demo-customer","currencyCode":"USD","lineItems":[` +
 		`{"sku":"MUG-1","name":"Mug","quantity":2,"unitPriceMinor":"1200"},` +
@@ -36,28 +45,32 @@ func demo(ctx context.Context, ingest, query string) error {
 	}
 	for _, s := range steps {
 		fmt.Printf("\n=== %s\n", s.title)
-		acc, err := post(ctx, ingest+"/v1/orders", body)
+		acc, err := post(ctx, ingest+"/v1/orders", body, token)
 		if err != nil {
 			return err
 		}
 		name := acc["name"].(string)
 		fmt.Printf("POST /v1/orders -> 202 %s\n", name)
-		if err := waitVersion(ctx, query, name, 1); err != nil {
+		if err := waitVersion(ctx, query, name, token, 1); err != nil {
 			return err
 		}
 		for i, v := range s.verbs {
 			verb, payload, _ := strings.Cut(v, " ")
-			if _, err := post(ctx, ingest+"/v1/"+name+":"+verb, payload); err != nil {
+			as := token
+			if verb == "ship" || verb == "deliver" { // orders:fulfil is the staff console's
+				as = staff
+			}
+			if _, err := post(ctx, ingest+"/v1/"+name+":"+verb, payload, as); err != nil {
 				return err
 			}
 			fmt.Printf("POST :%s -> 202\n", verb)
-			if err := waitEvents(ctx, query, name, i+2); err != nil {
+			if err := waitEvents(ctx, query, name, token, i+2); err != nil {
 				return err
 			}
 		}
-		o, _ := get(ctx, query+"/v1/"+name+"?read_mask=id,state,version,totalMinor,payment,shipment,cancellation")
+		o, _ := get(ctx, query+"/v1/"+name+"?read_mask=id,state,version,totalMinor,payment,shipment,cancellation", token)
 		pretty("order", o)
-		evs, _ := get(ctx, query+"/v1/"+name+"/events")
+		evs, _ := get(ctx, query+"/v1/"+name+"/events", token)
 		for _, e := range evs["events"].([]any) {
 			e := e.(map[string]any)
 			fmt.Printf("  #%v %-17v %v -> %v %v\n", e["sequence"], e["type"], or(e["fromState"], "-"), e["toState"], or(e["reason"], ""))
@@ -73,24 +86,33 @@ func or(v any, def string) any {
 	return v
 }
 
-func post(ctx context.Context, url, body string) (map[string]any, error) {
+func post(ctx context.Context, url, body, token string) (map[string]any, error) {
 	req, _ := http.NewRequestWithContext(ctx, "POST", url, strings.NewReader(body))
 	req.Header.Set("Idempotency-Key", uuid.NewString())
-	return call(req, http.StatusAccepted)
+	return call(req, token, http.StatusAccepted)
 }
 
-func get(ctx context.Context, url string) (map[string]any, error) {
+func get(ctx context.Context, url, token string) (map[string]any, error) {
 	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
-	return call(req, http.StatusOK)
+	return call(req, token, http.StatusOK)
 }
 
-func call(req *http.Request, want int) (map[string]any, error) {
+// call sends req with the bearer token (none when it is empty, as a stack
+// in insecure dev mode wants).
+func call(req *http.Request, token string, want int) (map[string]any, error) {
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == http.StatusUnauthorized {
+		return nil, fmt.Errorf("%s %s: %s %s\n(the token comes from $OMS_TOKEN, $%s or %s, which `make run` writes; is the stack running?)",
+			req.Method, req.URL.Path, resp.Status, b, devissuer.EnvService, devissuer.TokensFile())
+	}
 	if resp.StatusCode != want {
 		return nil, fmt.Errorf("%s %s: %s %s", req.Method, req.URL.Path, resp.Status, b)
 	}
@@ -98,16 +120,16 @@ func call(req *http.Request, want int) (map[string]any, error) {
 	return m, json.Unmarshal(b, &m)
 }
 
-func waitVersion(ctx context.Context, query, name string, v int) error {
+func waitVersion(ctx context.Context, query, name, token string, v int) error {
 	return poll(ctx, func() bool {
-		o, err := get(ctx, query+"/v1/"+name+"?read_mask=version")
+		o, err := get(ctx, query+"/v1/"+name+"?read_mask=version", token)
 		return err == nil && o["version"] == fmt.Sprint(v)
 	})
 }
 
-func waitEvents(ctx context.Context, query, name string, n int) error {
+func waitEvents(ctx context.Context, query, name, token string, n int) error {
 	return poll(ctx, func() bool {
-		evs, err := get(ctx, query+"/v1/"+name+"/events")
+		evs, err := get(ctx, query+"/v1/"+name+"/events", token)
 		list, _ := evs["events"].([]any)
 		return err == nil && len(list) >= n
 	})

@@ -1,12 +1,15 @@
-// Command omsstack runs the whole OMS locally: the SQS emulator, the
-// migrations, the queues and the three services as separate processes.
-// `make run` builds the binaries into ./bin and starts it; Ctrl-C stops
-// everything. `omsstack demo` walks a few orders through a running stack.
+// Command omsstack runs the whole OMS locally: a development token issuer,
+// the SQS emulator, the migrations, the queues and the three services as
+// separate processes. `make run` builds the binaries into ./bin and starts
+// it; Ctrl-C stops everything. `omsstack demo` walks a few orders through a
+// running stack.
 package main
 
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -16,14 +19,19 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/omsdev/oms/pkg/config"
+	"github.com/omsdev/oms/pkg/devissuer"
 	"github.com/omsdev/oms/pkg/queue"
 )
+
+// audience is the aud the local services accept and the local tokens carry.
+const audience = "oms"
 
 // defaults is the local stack's environment; anything already set in the
 // caller's environment wins.
@@ -36,6 +44,10 @@ var defaults = map[string]string{
 	// confirmed by a second send; single sends are faster there.
 	"INGEST_BATCH_MAX_ENTRIES": "1",
 	"LOG_LEVEL":                "info",
+	// One token drives all of `make load`: a per-caller limit would
+	// measure the limiter, not the pipeline.
+	"RATE_LIMIT_COMMANDS_PER_SECOND": "0",
+	"RATE_LIMIT_READS_PER_SECOND":    "0",
 }
 
 type service struct {
@@ -75,6 +87,24 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Tokens come from a development issuer in this process, unless the
+	// caller asked for the insecure dev mode, which takes no tokens.
+	devMode, _ := strconv.ParseBool(os.Getenv("AUTH_INSECURE_DEV_MODE"))
+	issuerAddr := env("OMS_ISSUER_ADDR", "127.0.0.1:8099")
+	issuerURL := "http://" + issuerAddr
+	if !devMode {
+		defaults["AUTH_ISSUER"] = issuerURL
+		defaults["AUTH_AUDIENCE"] = audience
+		defaults["AUTH_JWKS_URL"] = issuerURL + devissuer.JWKSPath
+	}
+	state := devissuer.StateDir()
+	if os.Getenv("ORDER_ID_SECRET") == "" {
+		secret, err := orderIDSecret(state)
+		if err != nil {
+			return err
+		}
+		defaults["ORDER_ID_SECRET"] = secret
+	}
 	for k, v := range defaults {
 		if os.Getenv(k) == "" {
 			os.Setenv(k, v)
@@ -94,13 +124,31 @@ func run(ctx context.Context) error {
 		{name: "query", env: []string{"HTTP_ADDR=" + env("QUERY_HTTP_ADDR", "127.0.0.1:8081"), "GRPC_ADDR=" + env("QUERY_GRPC_ADDR", "127.0.0.1:9091")}, addr: env("QUERY_HTTP_ADDR", "127.0.0.1:8081"), health: true},
 	}
 	// Fail on a taken port before starting anything.
-	for _, addr := range []string{sqsAddr, services[1].addr, services[2].addr, services[3].addr,
-		env("INGEST_GRPC_ADDR", "127.0.0.1:9090"), env("QUERY_GRPC_ADDR", "127.0.0.1:9091")} {
+	addrs := []string{sqsAddr, services[1].addr, services[2].addr, services[3].addr,
+		env("INGEST_GRPC_ADDR", "127.0.0.1:9090"), env("QUERY_GRPC_ADDR", "127.0.0.1:9091")}
+	if !devMode {
+		addrs = append(addrs, issuerAddr)
+	}
+	for _, addr := range addrs {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("%s is already in use; stop whatever holds it or choose other ports (see README: configuration)", addr)
 		}
 		ln.Close()
+	}
+
+	tokens := filepath.Join(state, "tokens.env")
+	var toks []devissuer.NamedToken
+	if devMode {
+		// Clients would send its stale tokens, which dev mode refuses.
+		os.Remove(tokens)
+	} else {
+		stopIssuer, t, err := startIssuer(issuerAddr, issuerURL, tokens)
+		if err != nil {
+			return err
+		}
+		defer stopIssuer()
+		toks = t
 	}
 
 	g := &group{}
@@ -127,7 +175,7 @@ func run(ctx context.Context) error {
 			return err
 		}
 	}
-	banner()
+	banner(devMode, tokens, toks)
 
 	select {
 	case <-ctx.Done():
@@ -136,6 +184,59 @@ func run(ctx context.Context) error {
 	case p := <-g.exited:
 		return fmt.Errorf("%s exited unexpectedly; stopping the stack", p)
 	}
+}
+
+// startIssuer serves the development issuer's keys on addr and writes the
+// standard local tokens, for the audience the services will accept, to
+// the tokens file.
+func startIssuer(addr, url, tokens string) (stop func() error, toks []devissuer.NamedToken, err error) {
+	iss, err := devissuer.New()
+	if err != nil {
+		return nil, nil, err
+	}
+	iss.URL = url // as the services are told, whatever the listener reports
+	if _, stop, err = iss.Serve(addr); err != nil {
+		return nil, nil, fmt.Errorf("OMS_ISSUER_ADDR: %w", err)
+	}
+	if toks, err = iss.MintStandard(os.Getenv("AUTH_AUDIENCE")); err != nil {
+		stop()
+		return nil, nil, err
+	}
+	if err := devissuer.WriteTokens(tokens, toks); err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("write the local tokens: %w", err)
+	}
+	fmt.Println("omsstack: development token issuer at", url)
+	if got := os.Getenv("AUTH_ISSUER"); got != url {
+		fmt.Printf("omsstack: note: AUTH_ISSUER is %s, so the services will refuse the local tokens\n", got)
+	}
+	return stop, toks, nil
+}
+
+// orderIDSecret returns the local stack's ORDER_ID_SECRET, made once and
+// kept in the state directory so order ids stay valid across runs.
+func orderIDSecret(state string) (string, error) {
+	path := filepath.Join(state, "order-id-secret")
+	if b, err := os.ReadFile(path); err == nil {
+		if s := strings.TrimSpace(string(b)); len(s) == 64 {
+			if _, err := hex.DecodeString(s); err == nil {
+				return s, nil
+			}
+		}
+		return "", fmt.Errorf("%s is not 64 hex digits; delete it to make a new secret", path)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return "", err
+	}
+	b := make([]byte, 32)
+	rand.Read(b)
+	secret := hex.EncodeToString(b)
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return secret, nil
 }
 
 // binDir finds the binaries `make build-local` put next to this one.
@@ -260,8 +361,24 @@ func prefix(name string, r io.Reader) {
 	}
 }
 
-func banner() {
+func banner(devMode bool, tokens string, toks []devissuer.NamedToken) {
 	ingest, query := env("INGEST_HTTP_ADDR", "127.0.0.1:8080"), env("QUERY_HTTP_ADDR", "127.0.0.1:8081")
+	if wd, err := os.Getwd(); err == nil {
+		if rel, err := filepath.Rel(wd, tokens); err == nil && !strings.HasPrefix(rel, "..") {
+			tokens = rel
+		}
+	}
+	authA, authB, auth := ` -H "Authorization: Bearer $OMS_TOKEN_CUSTOMER_A"`, ` -H "Authorization: Bearer $OMS_TOKEN_CUSTOMER_B"`, ""
+	grpcA := ` -H "authorization: Bearer $OMS_TOKEN_CUSTOMER_A"`
+	tokenHelp := fmt.Sprintf(` Callers (tokens from the local dev issuer, valid %s; the file is rewritten each run):
+   customer A, customer B, the storefront service, the staff console
+   source %s        # sets OMS_TOKEN_CUSTOMER_A, _B, OMS_TOKEN_SERVICE, OMS_TOKEN_STAFF
+`, devissuer.LocalTTL, tokens)
+	if devMode {
+		authA, authB, grpcA = "", "", ""
+		auth = " (AUTH_INSECURE_DEV_MODE: no token)"
+		tokenHelp = " AUTH_INSECURE_DEV_MODE is on: every caller is trusted and requests carry no token.\n"
+	}
 	fmt.Printf(`
 ================================================================================
  OMS is running. Ctrl-C stops everything.
@@ -271,14 +388,24 @@ func banner() {
    processor health http://%[5]s/readyz
    SQS emulator (goaws) %[6]s      PostgreSQL %[7]s
 
- Create an order (202 Accepted):
-   curl -s -X POST 'http://%[1]s/v1/orders' -H 'Idempotency-Key: demo-1' \
-     -d '{"customerId":"c-1","currencyCode":"USD","lineItems":[{"sku":"SKU-1","name":"Mug","quantity":2,"unitPriceMinor":"1200"}]}'
- Read it back (use the name from the answer):
-   curl -s 'http://%[2]s/v1/orders/<id>?read_mask=id,state'
-   grpcurl -plaintext -d '{"name":"orders/<id>"}' %[4]s oms.v1.OrderQueryService/GetOrder
+%[8]s
+ Create an order as customer A%[11]s (202 Accepted):
+   curl -s -X POST 'http://%[1]s/v1/orders'%[9]s -H 'Idempotency-Key: demo-1' \
+     -d '{"customerId":"customer-a","currencyCode":"USD","lineItems":[{"sku":"SKU-1","name":"Mug","quantity":2,"unitPriceMinor":"1200"}]}'
+ Read it back (use the name from the answer); customer B's token cannot see it:
+   curl -s 'http://%[2]s/v1/orders/<id>?read_mask=id,state'%[9]s
+   curl -s 'http://%[2]s/v1/orders/<id>'%[10]s
+   grpcurl -plaintext%[12]s -d '{"name":"orders/<id>"}' %[4]s oms.v1.OrderQueryService/GetOrder
  Walk a few orders through their lifecycle:  make demo
 ================================================================================
 `, ingest, query, env("INGEST_GRPC_ADDR", "127.0.0.1:9090"), env("QUERY_GRPC_ADDR", "127.0.0.1:9091"),
-		env("PROCESSOR_HTTP_ADDR", "127.0.0.1:8082"), os.Getenv("SQS_ENDPOINT"), config.Redact(os.Getenv("DATABASE_URL")))
+		env("PROCESSOR_HTTP_ADDR", "127.0.0.1:8082"), os.Getenv("SQS_ENDPOINT"), config.Redact(os.Getenv("DATABASE_URL")),
+		tokenHelp, authA, authB, auth, grpcA)
+	if len(toks) > 0 {
+		fmt.Println(" Or paste:")
+		for _, t := range toks {
+			fmt.Printf("export %s=%s\n", t.Env, t.Token)
+		}
+		fmt.Println("================================================================================")
+	}
 }

@@ -1,0 +1,93 @@
+package serve
+
+import (
+	"context"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// httpError is the gateway's error handler: the default one (401 for
+// UNAUTHENTICATED, 429 for RESOURCE_EXHAUSTED, ...) plus the headers HTTP
+// clients expect with those statuses:
+//
+//   - 401: WWW-Authenticate: Bearer realm="oms", error="invalid_token",
+//     error_description="<the status message>". When the request carried
+//     no bearer token at all, error and error_description are left out, as
+//     RFC 6750 §3.1 asks.
+//   - 429: Retry-After: the whole seconds of a google.rpc.RetryInfo
+//     detail, rounded up.
+func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	st := status.Convert(err)
+	switch st.Code() {
+	case codes.Unauthenticated:
+		// The default handler sets WWW-Authenticate to the bare message.
+		w = pinHeader{w, "WWW-Authenticate", bearerChallenge(r, st.Message())}
+	case codes.ResourceExhausted:
+		if secs, ok := retryAfter(st); ok {
+			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		}
+	}
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// pinHeader sets a header just before the status line goes out, over
+// whatever the handler set.
+type pinHeader struct {
+	http.ResponseWriter
+	key, value string
+}
+
+func (w pinHeader) WriteHeader(code int) {
+	w.Header().Set(w.key, w.value)
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w pinHeader) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// bearerChallenge is the RFC 6750 challenge for a refused request.
+func bearerChallenge(r *http.Request, msg string) string {
+	const realm = `Bearer realm="oms"`
+	scheme, token, _ := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
+	if !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
+		return realm // no credentials: no error code
+	}
+	desc := quotable(msg)
+	if desc == "" {
+		return realm + `, error="invalid_token"`
+	}
+	return realm + `, error="invalid_token", error_description="` + desc + `"`
+}
+
+// quotable keeps the characters RFC 6750 allows in error_description
+// (printable ASCII but " and \).
+func quotable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e || r == '"' || r == '\\' {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// retryAfter is the RetryInfo delay of st in whole seconds, rounded up.
+func retryAfter(st *status.Status) (int64, bool) {
+	for _, d := range st.Details() {
+		ri, ok := d.(*errdetails.RetryInfo)
+		if !ok || ri.GetRetryDelay() == nil {
+			continue
+		}
+		delay := ri.GetRetryDelay().AsDuration()
+		if delay < 0 {
+			continue
+		}
+		return int64(math.Ceil(delay.Seconds())), true
+	}
+	return 0, false
+}

@@ -1,0 +1,45 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/omsdev/oms/pkg/config"
+)
+
+// secure is the least configuration query starts with.
+var secure = map[string]string{
+	"AUTH_ISSUER": "https://idp.example.org/", "AUTH_AUDIENCE": "oms", "AUTH_JWKS_URL": "https://idp.example.org/jwks.json",
+}
+
+func with(extra map[string]string) *config.Env { return config.FromMaps(secure, extra) }
+
+func TestLoadConfig(t *testing.T) {
+	c, err := LoadConfig(with(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTPAddr != "127.0.0.1:8081" || c.GRPCAddr != "127.0.0.1:9091" || c.AdminAddr != "127.0.0.1:9181" || c.GRPCMaxSendBytes != 8<<20 {
+		t.Errorf("defaults: %+v", c.Settings)
+	}
+	for _, tc := range []struct {
+		vars map[string]string
+		want string
+	}{
+		{map[string]string{"HTTP_ADDR": "0.0.0.0:8081"}, "plaintext beyond loopback"},
+		{map[string]string{"DATABASE_URL": "host=db password=hunter2"}, "DATABASE_URL: must be a postgres:// URL"},
+		{map[string]string{"LOG_LEVEL": "trace"}, "LOG_LEVEL"},
+		{map[string]string{"AUTH_JWKS_URL": ""}, "AUTH_JWKS_URL"},
+		{map[string]string{"QUERY_MAX_PAGE_BYTES": "8388608"}, "QUERY_MAX_PAGE_BYTES"},
+	} {
+		_, err := LoadConfig(with(tc.vars))
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%v: %v, want an error with %q", tc.vars, err, tc.want)
+		}
+	}
+	if _, err := LoadConfig(with(map[string]string{
+		"HTTP_ADDR": "0.0.0.0:8081", "GRPC_ADDR": "0.0.0.0:9091", "ALLOW_PLAINTEXT": "true",
+	})); err != nil {
+		t.Errorf("ALLOW_PLAINTEXT: %v", err)
+	}
+}
