@@ -206,9 +206,9 @@ func TestHealthIsOpenReflectionIsNot(t *testing.T) {
 		for tok, want := range map[string]codes.Code{"": codes.Unauthenticated, sys.tokens[devissuer.EnvStaff]: codes.OK} {
 			stream, err := reflectionpb.NewServerReflectionClient(grpcAs(t, addr, tok)).ServerReflectionInfo(ctxT(t))
 			if err == nil {
-				err = stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}})
-			}
-			if err == nil {
+				// A refused stream may already be closed when Send runs
+				// (io.EOF); Recv reports the status it ended with.
+				stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}})
 				_, err = stream.Recv()
 			}
 			if status.Code(err) != want {
@@ -263,16 +263,19 @@ func TestAnotherOwnersOrderIsInvisibleAndUntouchable(t *testing.T) {
 				t.Errorf("%s, gRPC %s: %v, want NOT_FOUND", who, m.method, err)
 			}
 		}
+		// A create naming the victim's id: only staff choose ids, so it
+		// can neither probe for the order nor queue into its group.
+		r := do(t, "POST", ingest("/v1/orders?order_id="+strings.TrimPrefix(name, "orders/")), `{"currencyCode":"USD","lineItems":[{"sku":"S","name":"N","quantity":1,"unitPriceMinor":"1"}]}`,
+			append(as(tok), "Idempotency-Key", uuid.NewString())...)
+		if r.status != http.StatusForbidden {
+			t.Errorf("%s, create naming the victim's id: %d %s, want 403", who, r.status, r.raw)
+		}
 		// Every command on the order, over HTTP and gRPC: accepted (ingest
 		// cannot know the owner) or refused for a scope, never applied.
-		for _, rt := range commandRoutes(name) {
-			p := rt.path
-			if p == "/v1/orders" {
-				p += "?order_id=" + strings.TrimPrefix(name, "orders/") // a create naming the victim's id
-			}
-			r := do(t, rt.method, ingest(p), rt.body, append(as(tok), "Idempotency-Key", uuid.NewString())...)
+		for _, rt := range commandRoutes(name)[1:] {
+			r := do(t, rt.method, ingest(rt.path), rt.body, append(as(tok), "Idempotency-Key", uuid.NewString())...)
 			if r.status != http.StatusAccepted && r.status != http.StatusForbidden {
-				t.Errorf("%s, %s %s: %d %s", who, rt.method, p, r.status, r.raw)
+				t.Errorf("%s, %s %s: %d %s", who, rt.method, rt.path, r.status, r.raw)
 			}
 		}
 		cc := grpcAs(t, sys.ingestGRPC, tok)
@@ -448,28 +451,44 @@ func TestListPagesAreBoundedBySize(t *testing.T) {
 		waitOrderAs(t, tok, n, inState("CREATED"))
 	}
 	const bound = 16 << 10 // each order is about 5 KiB
-	qBase, _ := isolatedQuery(t, fmt.Sprintf("QUERY_MAX_PAGE_BYTES=%d", bound))
-	seen, pages, token := map[string]bool{}, 0, ""
+	qBase, qGRPC := isolatedQuery(t, fmt.Sprintf("QUERY_MAX_PAGE_BYTES=%d", bound))
+	// Over gRPC, where the bound applies to the encoded message.
+	qc := omsv1.NewOrderQueryServiceClient(grpcAs(t, qGRPC, tok))
+	seen, pages, token := map[string]int{}, 0, ""
 	for {
-		r := do(t, "GET", qBase+"/v1/orders?page_size=50&page_token="+token, "", as(tok)...)
-		if r.status != http.StatusOK {
-			t.Fatalf("%d %s", r.status, r.raw)
-		}
-		if len(r.raw) > 2*bound {
-			t.Errorf("page of %d bytes over a bound of %d", len(r.raw), bound)
+		resp, err := qc.ListOrders(ctxT(t), &omsv1.ListOrdersRequest{PageSize: 50, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
 		}
 		pages++
-		orders, _ := r.body["orders"].([]any)
-		for _, o := range orders {
-			seen[o.(map[string]any)["name"].(string)] = true
+		if n := proto.Size(resp); n > bound+8<<10 {
+			t.Errorf("page %d is %d bytes, over the bound of %d by more than one order", pages, n, bound)
 		}
-		token, _ = r.body["nextPageToken"].(string)
-		if token == "" || pages > 10 {
+		if len(resp.Orders) == 0 {
+			t.Fatalf("page %d is empty (next token %q)", pages, resp.NextPageToken)
+		}
+		for _, o := range resp.Orders {
+			seen[o.Name]++
+		}
+		if token = resp.NextPageToken; token == "" {
 			break
+		}
+		if pages == 10 {
+			t.Fatalf("no end after %d pages", pages)
+		}
+	}
+	for _, n := range names {
+		if seen[n] != 1 {
+			t.Errorf("%s listed %d times", n, seen[n])
 		}
 	}
 	if len(seen) != len(names) || pages < 2 {
-		t.Errorf("listed %d of %d orders in %d pages", len(seen), len(names), pages)
+		t.Errorf("listed %d orders (want %d) in %d pages; the bound should need several", len(seen), len(names), pages)
+	}
+	// Over HTTP the same bound cuts the first page.
+	r := do(t, "GET", qBase+"/v1/orders?page_size=50", "", as(tok)...)
+	if orders, _ := r.body["orders"].([]any); r.status != http.StatusOK || len(orders) >= len(names) || r.body["nextPageToken"] == nil {
+		t.Errorf("HTTP first page: %d, %d orders, token %v", r.status, len(orders), r.body["nextPageToken"])
 	}
 }
 
@@ -583,4 +602,29 @@ func eventsAs(t *testing.T, token, name string) []map[string]any {
 		out = append(out, e.(map[string]any))
 	}
 	return out
+}
+
+// A command on the queue without an actor (queued before principals, or
+// by something other than ingest) is dead-lettered with the reason, and
+// touches nothing.
+func TestActorlessCommandIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	name := create(t)
+	waitOrder(t, name, inState("CREATED"))
+	id := strings.TrimPrefix(name, "orders/")
+	body := `{"commandId":"raw-` + uuid.NewString() + `","orderId":"` + id + `","cancel":{"reason":"no actor"}}`
+	_, err := sys.sqs.SendMessage(context.Background(), &sqs.SendMessageInput{
+		QueueUrl: aws.String(sys.urls.Command), MessageBody: aws.String(body),
+		MessageGroupId: aws.String(id), MessageDeduplicationId: aws.String(uuid.NewString()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := deadLettered(t, func(b string) bool { return b == body })
+	if reason := aws.ToString(m.MessageAttributes["reason_poisoned"].StringValue); !strings.Contains(reason, "has no actor") {
+		t.Errorf("dead-lettered with reason %q", reason)
+	}
+	if o := waitOrder(t, name, inState("CREATED")); o["version"] != "1" {
+		t.Errorf("order changed: %v", o)
+	}
 }

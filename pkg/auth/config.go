@@ -3,6 +3,7 @@ package auth
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -29,6 +30,12 @@ type Config struct {
 	// InsecureDevMode (AUTH_INSECURE_DEV_MODE, default false) trusts every
 	// caller without a token. For a developer machine only.
 	InsecureDevMode bool
+	// ServiceClients (AUTH_SERVICE_CLIENT_IDS, comma-separated) lists the
+	// client ids whose client-credentials tokens are service principals.
+	// Empty: any token whose client_id equals its sub (RFC 9068). Set it
+	// when the IdP lets users pick their own sub, so that no user can pass
+	// for a service by taking a client's name.
+	ServiceClients []string
 
 	// Key refresh timing; zero takes the defaults below. Tests change them.
 	refreshEvery    time.Duration // periodic JWKS refresh
@@ -53,6 +60,7 @@ func LoadConfig(env *config.Env) Config {
 		JWKSFile:        env.String("AUTH_JWKS_FILE", ""),
 		ClockSkew:       env.Duration("AUTH_CLOCK_SKEW", defaultClockSkew, 0, MaxClockSkew),
 		InsecureDevMode: env.Bool("AUTH_INSECURE_DEV_MODE", false),
+		ServiceClients:  strings.FieldsFunc(env.String("AUTH_SERVICE_CLIENT_IDS", ""), func(r rune) bool { return r == ',' || r == ' ' }),
 	}
 	if name, msg := c.problem(); name != "" {
 		env.Check(false, name, "%s", msg)
@@ -104,7 +112,19 @@ func (c Config) problem() (variable, msg string) {
 	if c.JWKSURL != "" && c.JWKSFile != "" {
 		return "AUTH_JWKS_FILE", "set only one of AUTH_JWKS_URL and AUTH_JWKS_FILE"
 	}
+	if u, err := url.Parse(c.JWKSURL); c.JWKSURL != "" && err == nil && u.Scheme != "https" && !loopbackHost(u.Hostname()) {
+		// Whoever sits between the service and the IdP could serve keys.
+		return "AUTH_JWKS_URL", "must be https unless it is on loopback"
+	}
 	return "", ""
+}
+
+func loopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (c Config) withDefaults() Config {

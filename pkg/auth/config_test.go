@@ -58,6 +58,13 @@ func TestLoadConfig(t *testing.T) {
 		{"dev mode with an issuer", with("AUTH_INSECURE_DEV_MODE", "true"), []string{"AUTH_INSECURE_DEV_MODE", "cannot be combined"}, nil},
 		{"both key sources", with("AUTH_JWKS_FILE", "/jwks.json"), []string{"AUTH_JWKS_FILE", "only one"}, nil},
 		{"JWKS URL not http", with("AUTH_JWKS_URL", "file:///jwks.json"), []string{"AUTH_JWKS_URL"}, nil},
+		{"JWKS over plain http across a network", with("AUTH_JWKS_URL", "http://idp.example/jwks.json"), []string{"AUTH_JWKS_URL", "https unless it is on loopback"}, nil},
+		{"JWKS over plain http on loopback", with("AUTH_JWKS_URL", "http://127.0.0.1:8099/jwks.json"), nil, func(t *testing.T, c auth.Config) {}},
+		{"service client allow-list", with("AUTH_SERVICE_CLIENT_IDS", "storefront, warehouse"), nil, func(t *testing.T, c auth.Config) {
+			if strings.Join(c.ServiceClients, "|") != "storefront|warehouse" {
+				t.Errorf("service clients %q", c.ServiceClients)
+			}
+		}},
 		{"skew too large", with("AUTH_CLOCK_SKEW", "10m"), []string{"AUTH_CLOCK_SKEW"}, nil},
 		{"dev mode not a bool", map[string]string{"AUTH_INSECURE_DEV_MODE": "yes please"}, []string{"AUTH_INSECURE_DEV_MODE"}, nil},
 	}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,7 @@ var (
 	ErrClaims         = errors.New("token claims are malformed")
 	ErrInvalid        = errors.New("token is invalid")
 	ErrDevModeToken   = errors.New("this server runs without token verification: send no token")
+	ErrUnknownClient  = errors.New("token's client is not a known service client")
 )
 
 // DevModeWarning is logged at start, and again every 15 minutes, by a
@@ -168,7 +170,11 @@ func (v *Verifier) Verify(ctx context.Context, rawToken string) (Principal, erro
 		v.log.DebugContext(ctx, "token refused", "reason", safe.Error(), "kid", kid, "error", err)
 		return Principal{}, safe
 	}
-	return principalOf(tok)
+	p, err := principalOf(tok)
+	if err == nil && p.Kind == Service && len(v.cfg.ServiceClients) > 0 && !slices.Contains(v.cfg.ServiceClients, p.Subject) {
+		return Principal{}, ErrUnknownClient
+	}
+	return p, err
 }
 
 // classify maps a jwx error to one of ours.

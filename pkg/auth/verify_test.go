@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -487,5 +488,26 @@ func TestNewVerifierRefusesBadConfig(t *testing.T) {
 		} else if strings.Contains(err.Error(), "\n") {
 			t.Errorf("%s: error is not one line: %q", name, err)
 		}
+	}
+}
+
+// With AUTH_SERVICE_CLIENT_IDS set, only those clients are services: a
+// user whose sub happens to equal its client_id cannot pass for one.
+func TestServiceClientAllowList(t *testing.T) {
+	p := newIDP(t)
+	cfg := p.config()
+	cfg.ServiceClients = []string{"storefront"}
+	v := newVerifier(t, cfg)
+	listed := p.mint(t, devissuer.TokenSpec{Subject: "storefront", ClientID: "storefront"})
+	if got, err := v.Verify(t.Context(), listed); err != nil || got.Kind != auth.Service {
+		t.Errorf("listed client: %+v, %v", got, err)
+	}
+	unlisted := p.mint(t, devissuer.TokenSpec{Subject: "warehouse", ClientID: "warehouse"})
+	if _, err := v.Verify(t.Context(), unlisted); !errors.Is(err, auth.ErrUnknownClient) {
+		t.Errorf("unlisted client: %v, want ErrUnknownClient", err)
+	}
+	customer := p.mint(t, devissuer.TokenSpec{Subject: "customer-a", ClientID: "storefront"})
+	if got, err := v.Verify(t.Context(), customer); err != nil || got.Kind != auth.Customer {
+		t.Errorf("a customer's token through the storefront: %+v, %v", got, err)
 	}
 }

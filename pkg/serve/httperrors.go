@@ -2,6 +2,7 @@ package serve
 
 import (
 	"context"
+	"io"
 	"math"
 	"net/http"
 	"strconv"
@@ -90,4 +91,20 @@ func retryAfter(st *status.Status) (int64, bool) {
 		return int64(math.Ceil(delay.Seconds())), true
 	}
 	return 0, false
+}
+
+// requireBearer answers 401 at once to a request without a bearer token,
+// in the gateway's error shape.
+func requireBearer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		scheme, token, _ := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
+		if strings.EqualFold(scheme, "Bearer") && strings.TrimSpace(token) != "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", bearerChallenge(r, ""))
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		io.WriteString(w, `{"code":16,"message":"missing bearer token","details":[]}`+"\n")
+	})
 }

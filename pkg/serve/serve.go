@@ -57,6 +57,11 @@ type API struct {
 	// HTTPMiddleware wraps the gateway's handler, inside the body limit
 	// (for a service's own header checks).
 	HTTPMiddleware func(http.Handler) http.Handler
+	// RequireBearer refuses HTTP API requests without a bearer token with
+	// 401 before their body is read, so an anonymous caller cannot make
+	// the server buffer bodies. The token itself is verified by the gRPC
+	// interceptors.
+	RequireBearer bool
 	// Ready reports whether dependencies answer; nil means always ready.
 	Ready func(context.Context) error
 	// MaxBodyBytes bounds HTTP request bodies; larger ones get 413.
@@ -211,7 +216,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.Handle("/", otelhttp.NewHandler(limitBody(api, a.MaxBodyBytes), a.Name))
+	api = limitBody(api, a.MaxBodyBytes)
+	if a.RequireBearer {
+		api = requireBearer(api)
+	}
+	mux.Handle("/", otelhttp.NewHandler(api, a.Name))
 	hsrv := NewHTTPServer(metrics.HTTP(a.Name, mux), set.HTTP)
 	hsrv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug) // TLS handshake noise from scanners
 

@@ -536,3 +536,39 @@ func TestGatewayResponseLimit(t *testing.T) {
 		}
 	}
 }
+
+// With RequireBearer, a request without a token is answered 401 before its
+// body is read: the body here is never sent, and the answer comes anyway.
+func TestRequireBearerAnswersBeforeTheBody(t *testing.T) {
+	t.Parallel()
+	srv := start(t, API{Settings: DefaultSettings(), MaxBodyBytes: 1 << 20, RequireBearer: true})
+	c, err := net.Dial("tcp", srv.HTTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "POST /v1/orders/1 HTTP/1.1\r\nHost: oms\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer without the body: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != `Bearer realm="oms"` {
+		t.Errorf("%s, WWW-Authenticate %q", resp.Status, resp.Header.Get("WWW-Authenticate"))
+	}
+	// Health stays open, and a request with a token reaches the gateway.
+	if err := HealthCheck(srv.HTTPAddr()); err != nil {
+		t.Error(err)
+	}
+	req, _ := http.NewRequest("GET", "http://"+srv.HTTPAddr()+"/v1/orders/1", nil)
+	req.Header.Set("Authorization", "Bearer x")
+	r2, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2.Body.Close()
+	if r2.StatusCode == http.StatusUnauthorized {
+		t.Error("a request with a token was stopped before the gateway")
+	}
+}

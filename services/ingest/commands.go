@@ -80,6 +80,10 @@ func (s *commandService) CreateOrder(ctx context.Context, req *omsv1.CreateOrder
 	vs = append(vs, v...)
 	var id string
 	switch {
+	case req.OrderId != "" && !actor.AllOrders:
+		// A chosen id would tell its sender whether someone else's order
+		// has it, and queue commands in that order's group.
+		return nil, status.Error(codes.PermissionDenied, "order_id: only staff clients choose order ids; leave it empty and the id is derived from your request id")
 	case req.OrderId != "":
 		var err error
 		if id, err = order.ParseID(req.OrderId); err != nil {

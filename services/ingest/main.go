@@ -134,6 +134,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Settings:           cfg.Settings,
 		UnaryInterceptors:  unary,
 		StreamInterceptors: stream,
+		RequireBearer:      !cfg.Guard.Auth.InsecureDevMode,
 		HTTPMiddleware:     checkIdempotencyKey,
 		Register:           func(s *grpc.Server) { omsv1.RegisterOrderCommandServiceServer(s, svc) },
 		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {

@@ -26,6 +26,11 @@ type Config struct {
 	Retry         RetryConfig
 	// HandlerTimeout bounds one attempt at applying a command.
 	HandlerTimeout time.Duration
+	// AcceptActorless (PROCESSOR_ACCEPT_ACTORLESS, default false) applies
+	// commands queued before principals existed, which carry no actor,
+	// with the rights every caller had then. Turn it on only while an
+	// upgrade drains such commands; otherwise they are dead-lettered.
+	AcceptActorless bool
 
 	OutboxPollInterval time.Duration
 	OutboxBatchSize    int
@@ -74,6 +79,7 @@ func LoadConfig(env *config.Env) (Config, error) {
 			Jitter:          env.Float("PROCESSOR_RETRY_JITTER", 0.1, 0, 1),
 		},
 		HandlerTimeout:     env.Duration("PROCESSOR_HANDLER_TIMEOUT", 10*time.Second, 100*time.Millisecond, 10*time.Minute),
+		AcceptActorless:    env.Bool("PROCESSOR_ACCEPT_ACTORLESS", false),
 		OutboxPollInterval: env.Duration("OUTBOX_POLL_INTERVAL", 100*time.Millisecond, time.Millisecond, time.Minute),
 		OutboxBatchSize:    env.Int("OUTBOX_BATCH_SIZE", 50, 1, 1000),
 	}

@@ -35,8 +35,9 @@ func permanent(err error) bool {
 
 // applier applies one command message.
 type applier struct {
-	store *orderstore.Store
-	log   *slog.Logger
+	store           *orderstore.Store
+	acceptActorless bool
+	log             *slog.Logger
 }
 
 // handle decodes the command and applies it in one transaction. A business
@@ -53,6 +54,10 @@ func (a *applier) handle(msg *message.Message) error {
 	}
 	msg.Metadata.Set(queue.MetaGroupID, cmd.OrderID)
 	msg.Metadata.Set("command", string(cmd.Kind()))
+	if cmd.Actor.ID == "" && !a.acceptActorless {
+		// Only holders of SQS send rights could have put it there.
+		return permanentError{fmt.Errorf("command %s has no actor: it was queued before principals existed or by something other than ingest (PROCESSOR_ACCEPT_ACTORLESS=true applies such commands while an upgrade drains them)", cmd.ID)}
+	}
 	if cmd.CorrelationID == "" {
 		cmd.CorrelationID = middleware.MessageCorrelationID(msg)
 	}

@@ -103,7 +103,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		log.Info("gave back a message received while draining", "message_uuid", m.UUID)
 	})
-	a := &applier{store: orderstore.New(db, notifier{queue: cfg.Queue.NotificationQueue}.write), log: log}
+	a := &applier{store: orderstore.New(db, notifier{queue: cfg.Queue.NotificationQueue}.write), acceptActorless: cfg.AcceptActorless, log: log}
 
 	// Closing comes after the drain, with nothing left in flight.
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 5 * time.Second}, wlog)

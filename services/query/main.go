@@ -103,6 +103,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Settings:           cfg.Settings,
 		UnaryInterceptors:  unary,
 		StreamInterceptors: stream,
+		RequireBearer:      !cfg.Guard.Auth.InsecureDevMode,
 		Register:           func(s *grpc.Server) { omsv1.RegisterOrderQueryServiceServer(s, svc) },
 		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
 			return omsv1.RegisterOrderQueryServiceHandler(ctx, mux, conn)
