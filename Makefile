@@ -25,8 +25,10 @@ k8s:
 	go test -count=1 -run 'Render' ./deploy/k8s
 
 ## run: the whole stack (PostgreSQL, SQS emulator, migrations, queues, the three services); Ctrl-C stops it
+# exec: omsstack is make's own child, with no shell between, so it sees make
+# go (or be interrupted on its own, as by `kill -INT <make pid>`) and stops.
 run: postgres build-local
-	@bin/omsstack
+	@exec bin/omsstack
 
 ## demo: walk a few orders through their lifecycle on the running stack
 demo:
@@ -52,6 +54,11 @@ build-local:
 test: postgres
 	go test -race -count=1 -timeout 20m $(PKGS)
 
+## chaos: the full chaos suite against the real processes (kill -9, SIGTERM, PostgreSQL stopped, SQS restarted, a 20,000-create backlog), with exact accounting; see docs/reliability.md
+.PHONY: chaos
+chaos: postgres
+	OMS_CHAOS=full go test -race -count=1 -timeout 60m -run TestChaos -v ./e2e/
+
 ## test-short: the pure unit tests only (no database, no queue)
 test-short:
 	go test -short -count=1 $(PKGS)
@@ -65,11 +72,17 @@ check-generated: generate
 	@git diff --exit-code -- proto/ || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
 	@test -z "$$(git ls-files --others --exclude-standard -- proto/)" || { git ls-files --others --exclude-standard -- proto/; echo "untracked generated files: run 'make generate' and commit"; exit 1; }
 
-## lint: gofmt, go vet, buf lint
+## lint: gofmt, go vet, buf lint (building buf and staging the googleapis protos as scripts/generate.sh does, when missing)
 lint:
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet $(PKGS)
-	@if [ -x .bin/buf ]; then cd proto && ../.bin/buf lint --path oms; else echo "buf not built yet: run make generate to lint the protos"; fi
+	@test -x .bin/buf || { echo "lint: building buf"; cd tools/buf && GOWORK=off go build -o ../../.bin/ github.com/bufbuild/buf/cmd/buf; }
+	@test -d proto/.third_party/google/api || { echo "lint: staging the googleapis protos"; \
+		cd tools/protodeps && { [ -d node_modules/google-proto-files ] || npm ci --silent --no-audit --no-fund; } && \
+		mkdir -p ../../proto/.third_party/google/api && \
+		for f in annotations http field_behavior resource client launch_stage; do \
+			cp node_modules/google-proto-files/google/api/$$f.proto ../../proto/.third_party/google/api/ || exit 1; done; }
+	cd proto && ../.bin/buf lint --path oms
 
 ## postgres: make sure PostgreSQL answers (starts the machine's cluster if needed)
 postgres:

@@ -286,13 +286,28 @@ func TestProcessorRestartLosesAndDuplicatesNothing(t *testing.T) {
 	accepted := make(chan struct{}, n)
 	var wg sync.WaitGroup
 	work := make(chan int)
+	cc := commandClient(t)
 	for range 4 {
 		wg.Go(func() {
+			// Not the test's goroutine: a failure is t.Errorf, never
+			// t.Fatal, and the worker goes on draining work (the count
+			// check below fails the test).
 			for range work {
-				name := create(t)
-				mu.Lock()
-				names = append(names, name)
-				mu.Unlock()
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				acc, err := cc.CreateOrder(ctx, &omsv1.CreateOrderRequest{
+					RequestId: uuid.NewString(),
+					Order: &omsv1.Order{CustomerId: "c-1", CurrencyCode: "USD", LineItems: []*omsv1.LineItem{
+						{Sku: "SKU-1", Name: "Mug", Quantity: 2, UnitPriceMinor: 1200},
+					}},
+				})
+				cancel()
+				if err != nil {
+					t.Errorf("create: %v", err)
+				} else {
+					mu.Lock()
+					names = append(names, acc.Name)
+					mu.Unlock()
+				}
 				accepted <- struct{}{}
 			}
 		})

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -28,6 +30,7 @@ import (
 
 	"github.com/omsdev/oms/pkg/auth"
 	"github.com/omsdev/oms/pkg/devissuer"
+	"github.com/omsdev/oms/pkg/orderstore"
 	"github.com/omsdev/oms/pkg/queue"
 )
 
@@ -496,18 +499,38 @@ func TestListPagesAreBoundedBySize(t *testing.T) {
 // driver text.
 func TestDatabaseErrorsAreGeneric(t *testing.T) {
 	t.Parallel()
-	dbName := randomName("oms_empty_")
-	if _, err := sys.db.ExecContext(context.Background(), "CREATE DATABASE "+dbName); err != nil {
+	// A migrated database, read by a role that may see the schema version
+	// but not the orders: the query service is ready, and every read fails
+	// in PostgreSQL (permission denied).
+	ctx := context.Background()
+	dbName, role := randomName("oms_denied_"), randomName("denied_")
+	if _, err := sys.db.ExecContext(ctx, "CREATE DATABASE "+dbName); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { sys.db.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+dbName+" WITH (FORCE)") })
-	empty := strings.Replace(sys.dbURL, sys.dbURL[strings.LastIndex(sys.dbURL, "/")+1:strings.Index(sys.dbURL, "?")], dbName, 1)
-	qBase, qGRPC := isolatedQuery(t, "DATABASE_URL="+empty)
+	t.Cleanup(func() {
+		sys.db.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+dbName+" WITH (FORCE)")
+		sys.db.ExecContext(context.Background(), "DROP ROLE IF EXISTS "+role)
+	})
+	dbURL := strings.Replace(sys.dbURL, sys.dbURL[strings.LastIndex(sys.dbURL, "/")+1:strings.Index(sys.dbURL, "?")], dbName, 1)
+	migrate := exec.Command(filepath.Join(sys.bin, "processor"), "migrate", "up")
+	migrate.Env = sys.env("DATABASE_URL=" + dbURL)
+	if out, err := migrate.CombinedOutput(); err != nil {
+		t.Fatalf("migrate: %v: %s", err, out)
+	}
+	db := orderstore.Open(dbURL)
+	defer db.Close()
+	for _, q := range []string{"CREATE ROLE " + role + " LOGIN", "GRANT SELECT ON bun_migrations, bun_migration_locks TO " + role} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	denied := strings.Replace(dbURL, "postgres@", role+"@", 1)
+	qBase, qGRPC := isolatedQuery(t, "DATABASE_URL="+denied)
 	r := do(t, "GET", qBase+"/v1/orders/"+uuid.NewString(), "")
 	if r.status != http.StatusInternalServerError || r.body["message"] != "internal error" {
 		t.Errorf("%d %s, want 500 internal error", r.status, r.raw)
 	}
-	for _, leak := range []string{"SQLSTATE", "relation", "does not exist", "ERROR", "pgdriver", "SELECT"} {
+	for _, leak := range []string{"SQLSTATE", "relation", "permission", "denied", "ERROR", "pgdriver", "SELECT", role} {
 		if strings.Contains(r.raw, leak) {
 			t.Errorf("the error leaks %q: %s", leak, r.raw)
 		}

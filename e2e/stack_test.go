@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -118,13 +119,30 @@ func randomName(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
+// Ports handed to services come from below Linux's ephemeral range
+// (32768-60999), so no outgoing connection's source port can take one
+// between this check and the service's bind, and each is handed out once.
+var (
+	portsMu sync.Mutex
+	ports   = map[int]bool{}
+)
+
 func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for {
+		p := 20000 + mrand.IntN(12000)
+		if ports[p] {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue // taken by something else
+		}
+		ln.Close()
+		ports[p] = true
+		return ln.Addr().String()
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func startStack(bin string) (*stack, error) {
@@ -263,7 +281,7 @@ func (s *stack) startProcessor() error {
 	p, err := s.start("processor", s.env(
 		"DATABASE_URL="+strings.Replace(s.dbURL, mustHostPort(s.dbURL), s.pgProxy.Addr(), 1),
 		"HTTP_ADDR="+s.processorHTTP,
-		"PROCESSOR_SUBSCRIPTIONS=1", // goaws breaks FIFO order with more (docs/sqs.md)
+		"PROCESSOR_SUBSCRIPTIONS=8", // as production: sqslocal keeps FIFO group locks (docs/sqs.md)
 		"PROCESSOR_RETRY_INITIAL_INTERVAL=500ms",
 		"PROCESSOR_HANDLER_TIMEOUT=1s",
 		"OUTBOX_POLL_INTERVAL=20ms",
@@ -421,9 +439,21 @@ func (s *stack) logs() string {
 	defer s.mu.Unlock()
 	var b strings.Builder
 	for _, p := range s.procs {
-		fmt.Fprintf(&b, "==== %s\n%s\n", p.name, tail(p.out.String(), 30))
+		fmt.Fprintf(&b, "==== %s\n%s\n", p.name, tail(logLines(p.out.String()), 30))
 	}
 	return b.String()
+}
+
+// logLines drops the trace spans the services print (OTEL_TRACES_EXPORTER
+// =console), which would crowd the log lines out of a failure report.
+func logLines(out string) string {
+	var keep []string
+	for _, l := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(l, `{"Name":`) {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
 }
 
 // output returns what the shared ingest or the current processor printed.

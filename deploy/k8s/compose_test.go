@@ -133,8 +133,8 @@ func TestCompose(t *testing.T) {
 	}
 
 	p := svc["processor"].Environment
-	if p["PROCESSOR_SUBSCRIPTIONS"] != "1" {
-		errorf("processor", "PROCESSOR_SUBSCRIPTIONS %q: goaws keeps FIFO order only with one consumer", p["PROCESSOR_SUBSCRIPTIONS"])
+	if p["PROCESSOR_SUBSCRIPTIONS"] != "8" {
+		errorf("processor", "PROCESSOR_SUBSCRIPTIONS %q: sqslocal keeps FIFO group locks, so run as production (8)", p["PROCESSOR_SUBSCRIPTIONS"])
 	}
 	for _, name := range []string{"ingest", "processor"} {
 		e := svc[name].Environment

@@ -72,9 +72,22 @@ func HTTP(service string, next http.Handler) http.Handler {
 		if route == "" {
 			route = "other"
 		}
-		httpRequests.WithLabelValues(service, r.Method, route, strconv.Itoa(sw.code)).Inc()
-		httpDuration.WithLabelValues(service, r.Method, route).Observe(time.Since(start).Seconds())
+		method := methodLabel(r.Method)
+		httpRequests.WithLabelValues(service, method, route, strconv.Itoa(sw.code)).Inc()
+		httpDuration.WithLabelValues(service, method, route).Observe(time.Since(start).Seconds())
 	})
+}
+
+// methodLabel is the method as a label value: a client may send any token
+// as the method, and each would be a new series, so the unknown ones are
+// "other".
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
+		http.MethodPatch, http.MethodDelete, http.MethodOptions:
+		return m
+	}
+	return "other"
 }
 
 type statusWriter struct {

@@ -3,6 +3,7 @@ package order
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -96,26 +97,22 @@ func Decide(current *Order, cmd Command, now time.Time) Decision {
 	if current != nil {
 		next = *current
 	}
-	payload := map[string]any{}
+	var payload Payload
 	switch b := cmd.Body.(type) {
 	case CreateOrder:
 		next = newOrder(cmd.OrderID, b, now)
 		next.CreatedBy = cmd.Actor.ID
-		payload["currency_code"] = next.Currency
-		payload["total_minor"] = next.TotalMinor
-		payload["line_items"] = len(next.Lines)
+		payload = CreatedPayload{CurrencyCode: next.Currency, TotalMinor: next.TotalMinor, LineItems: len(next.Lines)}
 	case PayOrder:
 		if b.AmountMinor != next.TotalMinor {
 			return reject(current, cmd, now, precondition(
 				"payment amount %d does not match order total %d %s", b.AmountMinor, next.TotalMinor, next.Currency))
 		}
 		next.Payment = &Payment{Reference: b.Reference, AmountMinor: b.AmountMinor, PayTime: now}
-		payload["payment_reference"] = b.Reference
-		payload["amount_minor"] = b.AmountMinor
+		payload = PaidPayload{PaymentReference: b.Reference, AmountMinor: b.AmountMinor}
 	case ShipOrder:
 		next.Shipment = &Shipment{Carrier: b.Carrier, TrackingNumber: b.TrackingNumber, ShipTime: now}
-		payload["carrier"] = b.Carrier
-		payload["tracking_number"] = b.TrackingNumber
+		payload = ShippedPayload{Carrier: b.Carrier, TrackingNumber: b.TrackingNumber}
 	case DeliverOrder:
 		var s Shipment
 		if next.Shipment != nil {
@@ -125,8 +122,7 @@ func Decide(current *Order, cmd Command, now time.Time) Decision {
 		next.Shipment = &s
 	case CancelOrder:
 		next.Cancellation = &Cancellation{Reason: b.Reason, CancelTime: now, RefundDue: from == StatePaid}
-		payload["reason"] = b.Reason
-		payload["refund_due"] = next.Cancellation.RefundDue
+		payload = CancelledPayload{Reason: b.Reason, RefundDue: next.Cancellation.RefundDue}
 	}
 	next.State = t.to
 	next.Version++
@@ -159,7 +155,7 @@ func newOrder(id string, c CreateOrder, now time.Time) Order {
 func reject(current *Order, cmd Command, now time.Time, err error) Decision {
 	e := Event{
 		Type: EventCommandRejected, CommandID: cmd.ID, Command: cmd.Kind(),
-		Reason: err.Error(), Payload: map[string]any{}, OccurTime: now,
+		Reason: err.Error(), OccurTime: now,
 	}
 	if current != nil {
 		e.From, e.To, e.OrderVersion = current.State, current.State, current.Version
@@ -172,10 +168,10 @@ func reject(current *Order, cmd Command, now time.Time, err error) Decision {
 func RejectCreate(cmd Command, c CreateOrder, now time.Time, err error) Decision {
 	o := Order{
 		ID:              cmd.OrderID,
-		CustomerID:      truncate(c.CustomerID, MaxIDLen),
-		Currency:        truncate(c.Currency, 3),
+		CustomerID:      truncate(storable(c.CustomerID), MaxIDLen),
+		Currency:        truncate(storable(c.Currency), 3),
 		State:           StateRejected,
-		RejectionReason: err.Error(),
+		RejectionReason: storable(err.Error()),
 		CreatedBy:       cmd.Actor.ID,
 		Version:         1,
 		CreateTime:      now,
@@ -185,11 +181,19 @@ func RejectCreate(cmd Command, c CreateOrder, now time.Time, err error) Decision
 		Order: &o,
 		Event: Event{
 			Type: EventOrderRejected, From: StateUnspecified, To: StateRejected,
-			CommandID: cmd.ID, Command: KindCreate, Reason: err.Error(),
-			Payload: map[string]any{}, OccurTime: now, OrderVersion: 1,
+			CommandID: cmd.ID, Command: KindCreate, Reason: o.RejectionReason,
+			OccurTime: now, OrderVersion: 1,
 		},
 		Err: err,
 	}
+}
+
+// storable is s as text PostgreSQL will store: the create being rejected
+// may carry anything (that is why it is rejected), but PostgreSQL refuses
+// NUL and invalid UTF-8 in text, so each becomes U+FFFD and the REJECTED
+// order can always be written.
+func storable(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 }
 
 func truncate(s string, n int) string {

@@ -140,9 +140,45 @@ func TestCancelPaidOrderRecordsRefundDue(t *testing.T) {
 		if got := d.Order.Cancellation.RefundDue; got != tc.refund {
 			t.Errorf("cancel from %s: refund due = %v, want %v", tc.from, got, tc.refund)
 		}
-		if d.Event.Payload["refund_due"] != tc.refund {
-			t.Errorf("event payload %v", d.Event.Payload)
+		if want := (CancelledPayload{Reason: "r", RefundDue: tc.refund}); d.Event.Payload != want {
+			t.Errorf("event payload %#v, want %#v", d.Event.Payload, want)
 		}
+	}
+}
+
+// Each applied change carries the payload of its own event type, with
+// money exact; the others carry none.
+func TestEventPayloads(t *testing.T) {
+	const big = 1<<53 + 1 // not representable as a float64
+	create := CreateOrder{CustomerID: "c-1", Currency: "USD", Lines: []LineItem{
+		{SKU: "A", Name: "a", Quantity: 9007, UnitPriceMinor: 1_000_000_000_000},
+		{SKU: "B", Name: "b", Quantity: 1, UnitPriceMinor: 199_254_740_993},
+	}}
+	steps := []struct {
+		body Body
+		want Payload
+	}{
+		{create, CreatedPayload{CurrencyCode: "USD", TotalMinor: big, LineItems: 2}},
+		{PayOrder{Reference: "pay-1", AmountMinor: big}, PaidPayload{PaymentReference: "pay-1", AmountMinor: big}},
+		{ShipOrder{Carrier: "UPS", TrackingNumber: "1Z"}, ShippedPayload{Carrier: "UPS", TrackingNumber: "1Z"}},
+		{DeliverOrder{}, nil},
+		{CancelOrder{Reason: "late"}, nil}, // rejected: delivered orders cannot be cancelled
+	}
+	var o *Order
+	for i, s := range steps {
+		d := Decide(o, Command{ID: string(rune('a' + i)), OrderID: "o-1", Body: s.body}, now)
+		if d.Event.Payload != s.want {
+			t.Errorf("%s: payload %#v, want %#v", s.body.Kind(), d.Event.Payload, s.want)
+		}
+		if p := d.Event.Payload; p != nil && p.EventType() != d.Event.Type {
+			t.Errorf("%s: payload of %s on a %s event", s.body.Kind(), p.EventType(), d.Event.Type)
+		}
+		if d.Order != nil {
+			o = d.Order
+		}
+	}
+	if d := Decide(nil, Command{ID: "r", OrderID: "o-2", Body: CreateOrder{}}, now); d.Event.Payload != nil {
+		t.Errorf("rejected create: payload %#v", d.Event.Payload)
 	}
 }
 

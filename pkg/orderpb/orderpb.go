@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	omsv1 "github.com/omsdev/oms/proto/oms/v1"
@@ -74,18 +73,26 @@ func Order(o *order.Order) *omsv1.Order {
 
 // Event converts a history entry for the API.
 func Event(e order.Event) *omsv1.OrderEvent {
-	payload, err := structpb.NewStruct(e.Payload)
-	if err != nil {
-		payload = nil // payloads are built from JSON-safe values; never expected
-	}
-	return &omsv1.OrderEvent{
+	p := &omsv1.OrderEvent{
 		Name:      fmt.Sprintf("orders/%s/events/%d", e.OrderID, e.Seq),
 		Sequence:  e.Seq,
 		Type:      string(e.Type),
 		FromState: State(e.From), ToState: State(e.To),
 		CommandId: e.CommandID, Command: string(e.Command), Reason: e.Reason,
-		Payload: payload, OccurTime: ts(e.OccurTime), OrderVersion: e.OrderVersion,
+		OccurTime: ts(e.OccurTime), OrderVersion: e.OrderVersion,
 	}
+	switch x := e.Payload.(type) {
+	case order.CreatedPayload:
+		p.Payload = &omsv1.OrderEvent_Created{Created: &omsv1.OrderCreatedPayload{
+			CurrencyCode: x.CurrencyCode, TotalMinor: x.TotalMinor, LineItems: int32(x.LineItems)}}
+	case order.PaidPayload:
+		p.Payload = &omsv1.OrderEvent_Paid{Paid: &omsv1.OrderPaidPayload{PaymentReference: x.PaymentReference, AmountMinor: x.AmountMinor}}
+	case order.ShippedPayload:
+		p.Payload = &omsv1.OrderEvent_Shipped{Shipped: &omsv1.OrderShippedPayload{Carrier: x.Carrier, TrackingNumber: x.TrackingNumber}}
+	case order.CancelledPayload:
+		p.Payload = &omsv1.OrderEvent_Cancelled{Cancelled: &omsv1.OrderCancelledPayload{Reason: x.Reason, RefundDue: x.RefundDue}}
+	}
+	return p
 }
 
 // CreateBody turns the client's order into a create command body.

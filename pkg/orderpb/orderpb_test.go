@@ -7,6 +7,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	omsv1 "github.com/omsdev/oms/proto/oms/v1"
 
 	"github.com/omsdev/oms/pkg/order"
 )
@@ -79,5 +83,45 @@ func TestCommandWithoutActorIsFromBeforePrincipals(t *testing.T) {
 	}
 	if c.Actor != (order.Actor{AllOrders: true}) {
 		t.Errorf("actor %+v, want the pre-principal actor", c.Actor)
+	}
+}
+
+// Amounts above 2^53 reach clients exactly: int64 is a JSON string, where
+// the old Struct payload made them doubles (…993 was served as …992).
+func TestEventPayloadIsExactInJSON(t *testing.T) {
+	const big = 1<<53 + 1
+	id := uuid.NewString()
+	for _, tc := range []struct {
+		e    order.Event
+		want []string
+	}{
+		{order.Event{OrderID: id, Seq: 1, Type: order.EventCreated, Payload: order.CreatedPayload{CurrencyCode: "USD", TotalMinor: big, LineItems: 2}},
+			[]string{`"created":{"currencyCode":"USD","totalMinor":"9007199254740993","lineItems":2}`}},
+		{order.Event{OrderID: id, Seq: 2, Type: order.EventPaid, Payload: order.PaidPayload{PaymentReference: "p", AmountMinor: big}},
+			[]string{`"paid":{"paymentReference":"p","amountMinor":"9007199254740993"}`}},
+		{order.Event{OrderID: id, Seq: 3, Type: order.EventShipped, Payload: order.ShippedPayload{Carrier: "UPS", TrackingNumber: "1Z"}},
+			[]string{`"shipped":{"carrier":"UPS","trackingNumber":"1Z"}`}},
+		{order.Event{OrderID: id, Seq: 4, Type: order.EventCancelled, Payload: order.CancelledPayload{Reason: "r", RefundDue: true}},
+			[]string{`"cancelled":{"reason":"r","refundDue":true}`}},
+	} {
+		for name, msg := range map[string]proto.Message{
+			"event":        Event(tc.e),
+			"notification": &omsv1.OrderNotification{OrderId: id, Event: Event(tc.e)},
+		} {
+			b, err := protojson.MarshalOptions{}.Marshal(msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// protojson randomises whitespace; compare without it.
+			got := strings.Join(strings.Fields(string(b)), "")
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("%s %s: %s lacks %s", tc.e.Type, name, got, w)
+				}
+			}
+		}
+	}
+	if p := Event(order.Event{OrderID: id, Seq: 5, Type: order.EventDelivered}); p.Payload != nil {
+		t.Errorf("delivered event has payload %v", p.Payload)
 	}
 }

@@ -12,26 +12,66 @@ import (
 	"github.com/uptrace/bun/driver/pgdriver"
 )
 
-// Permanent reports whether err will fail the same way however often the
-// command is retried: bad data or a bug in a statement (SQLSTATE classes
-// 22 data exception, 23 integrity violation, 42 syntax or access rule).
-// Anything else may pass on a retry, and is retried.
-func Permanent(err error) bool {
-	var pgErr pgdriver.Error
-	if !errors.As(err, &pgErr) || len(pgErr.Field('C')) < 2 {
-		return false
-	}
-	switch pgErr.Field('C')[:2] {
-	case "22", "23", "42":
-		return true
-	}
-	return false
+// Class says how a failure to apply a command is handled. It is the one
+// classification of errors: the processor, the query service and the
+// readiness checks all use it.
+type Class int
+
+const (
+	// ClassTransient may pass on a retry: the database was unreachable or
+	// restarting, a transaction lost a race, a statement timed out, or the
+	// failure is of a kind not known to be permanent. Retried with
+	// backoff; when the retries run out the message is left to SQS
+	// redelivery (and redrive).
+	ClassTransient Class = iota
+	// ClassPending waits for something that may still arrive: a command for
+	// an order whose create has not been applied yet. Retried with backoff;
+	// dead-lettered with the reason only when the retries run out.
+	ClassPending
+	// ClassPermanent fails the same way every time: bad data (SQLSTATE
+	// class 22 data exception, 23 integrity violation). Dead-lettered at
+	// once with the reason.
+	ClassPermanent
+	// ClassOperational means the deployment is wrong, not the command: the
+	// schema is not migrated (undefined table or column), privileges are
+	// missing (SQLSTATE class 42, 3F invalid schema, 28 authorization). Retried and
+	// never dead-lettered: the processor stops taking commands and is not
+	// ready until the schema is what it expects.
+	ClassOperational
+)
+
+func (c Class) String() string {
+	return [...]string{"transient", "pending", "permanent", "operational"}[c]
 }
 
-// Transient reports whether err is worth retrying: the database was
-// unreachable or restarting, the transaction lost a race (serialization
-// failure, deadlock, ErrConflict) or timed out. Everything else, such as a
-// constraint violation or a bad query, fails the same way every time.
+// Classify sorts an error from Apply (or a read) into its Class.
+func Classify(err error) Class {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return ClassPending
+	case errors.Is(err, ErrSchemaBehind):
+		return ClassOperational
+	}
+	var pgErr pgdriver.Error
+	if errors.As(err, &pgErr) {
+		code := pgErr.Field('C')
+		switch {
+		case strings.HasPrefix(code, "22"), strings.HasPrefix(code, "23"):
+			return ClassPermanent
+		case strings.HasPrefix(code, "42"), strings.HasPrefix(code, "3F"), strings.HasPrefix(code, "28"):
+			return ClassOperational
+		}
+	}
+	return ClassTransient
+}
+
+// Permanent reports whether err fails the same way however often it is
+// retried.
+func Permanent(err error) bool { return err != nil && Classify(err) == ClassPermanent }
+
+// Transient reports whether a read that failed with err is worth retrying
+// by the client (the query service answers UNAVAILABLE): the database was
+// unreachable or restarting, or the statement lost a race or timed out.
 func Transient(err error) bool {
 	if err == nil {
 		return false
@@ -55,6 +95,17 @@ func Transient(err error) bool {
 			return true
 		}
 		return false
+	}
+	return brokenConn(err)
+}
+
+// brokenConn reports whether err says the connection itself failed (a
+// pooled connection the server closed, say, after a restart).
+func brokenConn(err error) bool {
+	var pgErr pgdriver.Error
+	if errors.As(err, &pgErr) {
+		code := pgErr.Field('C')
+		return strings.HasPrefix(code, "08") || code == "57P01" || code == "57P02"
 	}
 	var netErr net.Error
 	if errors.As(err, &netErr) {

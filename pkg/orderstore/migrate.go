@@ -3,9 +3,12 @@ package orderstore
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
 	"github.com/uptrace/bun/migrate"
 )
 
@@ -61,4 +64,48 @@ func withMigrator(ctx context.Context, db *bun.DB, run func(*migrate.Migrator) (
 		return 0, fmt.Errorf("migrate: %w", err)
 	}
 	return len(g.Migrations), nil
+}
+
+// ErrSchemaBehind: the database lacks migrations this binary needs, or the
+// role lacks the privileges to use them.
+var ErrSchemaBehind = errors.New("the database schema is behind this binary")
+
+// CheckSchema returns nil when every migration this binary embeds has been
+// applied (a newer schema is fine: migrations come before a rollout), or an
+// error wrapping ErrSchemaBehind that names what is missing.
+func CheckSchema(ctx context.Context, db *bun.DB) error {
+	m, err := migrator(db)
+	if err != nil {
+		return err
+	}
+	ms, err := m.MigrationsWithStatus(ctx)
+	if err != nil {
+		if Classify(err) == ClassOperational { // no bun_migrations table: never migrated
+			return fmt.Errorf("%w: not migrated (%v)", ErrSchemaBehind, err)
+		}
+		return fmt.Errorf("read the schema version: %w", err)
+	}
+	if missing := ms.Unapplied(); len(missing) > 0 {
+		return fmt.Errorf("%w: %d migrations not applied, the first %s; run `processor migrate up`", ErrSchemaBehind, len(missing), missing[0].Name)
+	}
+	return nil
+}
+
+// CheckWritable returns an error wrapping ErrSchemaBehind when the role
+// may not read and write every table the processor writes.
+func CheckWritable(ctx context.Context, db *bun.DB) error {
+	var denied []string
+	err := db.NewRaw(`SELECT t FROM unnest(?::text[]) AS t WHERE NOT (has_table_privilege(current_user, t, 'SELECT')
+			AND has_table_privilege(current_user, t, 'INSERT') AND has_table_privilege(current_user, t, 'UPDATE'))`,
+		pgdialect.Array([]string{"orders", "order_line_items", "order_events", "processed_commands", "watermill_outbox"})).Scan(ctx, &denied)
+	if err != nil {
+		if Classify(err) == ClassOperational {
+			return fmt.Errorf("%w: %v", ErrSchemaBehind, err)
+		}
+		return fmt.Errorf("check table privileges: %w", err)
+	}
+	if len(denied) > 0 {
+		return fmt.Errorf("%w: the database role may not read and write %s", ErrSchemaBehind, strings.Join(denied, ", "))
+	}
+	return nil
 }

@@ -50,18 +50,18 @@ type lineRow struct {
 type eventRow struct {
 	bun.BaseModel `bun:"table:order_events"`
 
-	OrderID      string         `bun:"order_id,pk,type:uuid"`
-	Seq          int64          `bun:"seq,pk"`
-	Type         string         `bun:"type"`
-	FromState    string         `bun:"from_state"`
-	ToState      string         `bun:"to_state"`
-	CommandID    string         `bun:"command_id"`
-	Command      string         `bun:"command"`
-	Reason       string         `bun:"reason"`
-	Actor        string         `bun:"actor"`
-	Payload      map[string]any `bun:"payload,type:jsonb"`
-	OrderVersion int64          `bun:"order_version"`
-	OccurTime    time.Time      `bun:"occur_time"`
+	OrderID      string       `bun:"order_id,pk,type:uuid"`
+	Seq          int64        `bun:"seq,pk"`
+	Type         string       `bun:"type"`
+	FromState    string       `bun:"from_state"`
+	ToState      string       `bun:"to_state"`
+	CommandID    string       `bun:"command_id"`
+	Command      string       `bun:"command"`
+	Reason       string       `bun:"reason"`
+	Actor        string       `bun:"actor"`
+	Payload      eventPayload `bun:"payload,type:jsonb"`
+	OrderVersion int64        `bun:"order_version"`
+	OccurTime    time.Time    `bun:"occur_time"`
 }
 
 type commandRow struct {
@@ -127,7 +127,7 @@ func (r *orderRow) toOrder() order.Order {
 func toEventRow(e order.Event, actor string) *eventRow {
 	return &eventRow{
 		Actor: actor, OrderID: e.OrderID, Seq: e.Seq, Type: string(e.Type), FromState: e.From.String(), ToState: e.To.String(),
-		CommandID: e.CommandID, Command: string(e.Command), Reason: e.Reason, Payload: e.Payload,
+		CommandID: e.CommandID, Command: string(e.Command), Reason: e.Reason, Payload: payloadRow(e.Payload),
 		OrderVersion: e.OrderVersion, OccurTime: e.OccurTime,
 	}
 }
@@ -137,7 +137,61 @@ func (r *eventRow) toEvent() order.Event {
 	to, _ := order.ParseState(r.ToState)
 	return order.Event{
 		OrderID: r.OrderID, Seq: r.Seq, Type: order.EventType(r.Type), From: from, To: to,
-		CommandID: r.CommandID, Command: order.Kind(r.Command), Reason: r.Reason, Payload: r.Payload,
+		CommandID: r.CommandID, Command: order.Kind(r.Command), Reason: r.Reason, Payload: r.Payload.toPayload(order.EventType(r.Type)),
 		OrderVersion: r.OrderVersion, OccurTime: r.OccurTime,
 	}
+}
+
+// eventPayload is the stored form of every event payload: one JSON object
+// with the keys payloads have always had, so rows written when payloads
+// were maps read the same. Its integers decode into int64, exactly; a
+// map[string]any would turn them into float64 and round amounts above
+// 2^53. Only the fields of the event's own payload are set.
+type eventPayload struct {
+	CurrencyCode     *string `json:"currency_code,omitempty"`
+	TotalMinor       *int64  `json:"total_minor,omitempty"`
+	LineItems        *int    `json:"line_items,omitempty"`
+	PaymentReference *string `json:"payment_reference,omitempty"`
+	AmountMinor      *int64  `json:"amount_minor,omitempty"`
+	Carrier          *string `json:"carrier,omitempty"`
+	TrackingNumber   *string `json:"tracking_number,omitempty"`
+	Reason           *string `json:"reason,omitempty"`
+	RefundDue        *bool   `json:"refund_due,omitempty"`
+}
+
+func payloadRow(p order.Payload) eventPayload {
+	switch p := p.(type) {
+	case order.CreatedPayload:
+		return eventPayload{CurrencyCode: new(p.CurrencyCode), TotalMinor: new(p.TotalMinor), LineItems: new(p.LineItems)}
+	case order.PaidPayload:
+		return eventPayload{PaymentReference: new(p.PaymentReference), AmountMinor: new(p.AmountMinor)}
+	case order.ShippedPayload:
+		return eventPayload{Carrier: new(p.Carrier), TrackingNumber: new(p.TrackingNumber)}
+	case order.CancelledPayload:
+		return eventPayload{Reason: new(p.Reason), RefundDue: new(p.RefundDue)}
+	}
+	return eventPayload{} // stored as {}
+}
+
+// toPayload picks the payload of an event of type t.
+func (r eventPayload) toPayload(t order.EventType) order.Payload {
+	switch t {
+	case order.EventCreated:
+		return order.CreatedPayload{CurrencyCode: val(r.CurrencyCode), TotalMinor: val(r.TotalMinor), LineItems: val(r.LineItems)}
+	case order.EventPaid:
+		return order.PaidPayload{PaymentReference: val(r.PaymentReference), AmountMinor: val(r.AmountMinor)}
+	case order.EventShipped:
+		return order.ShippedPayload{Carrier: val(r.Carrier), TrackingNumber: val(r.TrackingNumber)}
+	case order.EventCancelled:
+		return order.CancelledPayload{Reason: val(r.Reason), RefundDue: val(r.RefundDue)}
+	}
+	return nil
+}
+
+func val[T any](p *T) T {
+	if p == nil {
+		var zero T
+		return zero
+	}
+	return *p
 }

@@ -77,10 +77,37 @@ func visibleTo(q *bun.SelectQuery, a order.Actor) *bun.SelectQuery {
 	}
 }
 
+// reread runs a read again, once, when it failed on a broken pooled
+// connection (the server restarted since the connection was opened), after
+// dropping the idle connections that are likely broken too. Reads are
+// idempotent, so the retry is safe; the caller sees an error only if a
+// fresh connection fails as well.
+func (s *Store) reread(ctx context.Context, read func() error) error {
+	err := read()
+	if err == nil || ctx.Err() != nil || !brokenConn(err) {
+		return err
+	}
+	maxIdle := s.db.Stats().MaxOpenConnections
+	if maxIdle <= 0 {
+		maxIdle = 2 // database/sql's default
+	}
+	s.db.SetMaxIdleConns(0) // closes every idle connection
+	s.db.SetMaxIdleConns(maxIdle)
+	return read()
+}
+
 // Get reads one order that actor may see, selecting only the columns that
 // fields need (every field when fields is empty). Another owner's order is
 // ErrNotFound.
-func (s *Store) Get(ctx context.Context, id string, fields []string, actor order.Actor) (*order.Order, error) {
+func (s *Store) Get(ctx context.Context, id string, fields []string, actor order.Actor) (o *order.Order, err error) {
+	err = s.reread(ctx, func() error {
+		o, err = s.get(ctx, id, fields, actor)
+		return err
+	})
+	return o, err
+}
+
+func (s *Store) get(ctx context.Context, id string, fields []string, actor order.Actor) (*order.Order, error) {
 	// id always: it keys the line items and proves the order exists.
 	cols, wantLines, err := columns(fields, "id")
 	if err != nil {
@@ -155,7 +182,15 @@ type ListQuery struct {
 // List returns up to q.Limit orders ordered by (create_time, id), after
 // q.After. Keyset pagination: a page never repeats or skips an order that
 // existed when the first page was read, however many are inserted since.
-func (s *Store) List(ctx context.Context, q ListQuery) ([]*order.Order, error) {
+func (s *Store) List(ctx context.Context, q ListQuery) (out []*order.Order, err error) {
+	err = s.reread(ctx, func() error {
+		out, err = s.list(ctx, q)
+		return err
+	})
+	return out, err
+}
+
+func (s *Store) list(ctx context.Context, q ListQuery) ([]*order.Order, error) {
 	cols, wantLines, err := columns(q.Fields, "id", "create_time")
 	if err != nil {
 		return nil, err
@@ -205,7 +240,15 @@ func (s *Store) List(ctx context.Context, q ListQuery) ([]*order.Order, error) {
 
 // Events returns up to limit entries of the history of an order actor may
 // see, with sequence numbers above afterSeq, oldest first.
-func (s *Store) Events(ctx context.Context, orderID string, afterSeq int64, limit int, actor order.Actor) ([]order.Event, error) {
+func (s *Store) Events(ctx context.Context, orderID string, afterSeq int64, limit int, actor order.Actor) (out []order.Event, err error) {
+	err = s.reread(ctx, func() error {
+		out, err = s.events(ctx, orderID, afterSeq, limit, actor)
+		return err
+	})
+	return out, err
+}
+
+func (s *Store) events(ctx context.Context, orderID string, afterSeq int64, limit int, actor order.Actor) ([]order.Event, error) {
 	owned := visibleTo(s.db.NewSelect().Model((*orderRow)(nil)).Column("id").Where("id = ?", orderID), actor)
 	var rows []eventRow
 	err := s.db.NewSelect().Model(&rows).Where("order_id = ?", orderID).Where("seq > ?", afterSeq).

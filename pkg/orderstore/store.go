@@ -272,7 +272,7 @@ func (s *Store) duplicate(ctx context.Context, tx bun.Tx, cmd order.Command, fp 
 		res.Order = cur
 		res.Event = order.Event{
 			Type: order.EventCommandRejected, From: cur.State, To: cur.State, CommandID: cmd.ID, Command: cmd.Kind(),
-			Reason: refusal.Reason, Payload: map[string]any{}, OccurTime: now, OrderVersion: cur.Version,
+			Reason: refusal.Reason, OccurTime: now, OrderVersion: cur.Version,
 		}
 		_, err = tx.NewUpdate().Table("orders").Set("last_event_seq = ?", lastSeq+1).Where("id = ?", cmd.OrderID).Exec(ctx)
 		if err != nil {

@@ -68,10 +68,11 @@ type BatchPublisher struct {
 }
 
 type entry struct {
-	ctx  context.Context
-	req  types.SendMessageBatchRequestEntry
-	size int
-	done chan error
+	msgID string
+	ctx   context.Context
+	req   types.SendMessageBatchRequestEntry
+	size  int
+	done  chan error
 }
 
 // NewBatchPublisher publishes to the queue named topic at url.
@@ -103,6 +104,8 @@ func (p *BatchPublisher) Publish(topic string, msgs ...*message.Message) error {
 	if topic != p.topic {
 		return fmt.Errorf("batch publisher for %s cannot publish to %s", p.topic, topic)
 	}
+	// Every message is checked before any is sent: a bad one fails the call
+	// with nothing sent, rather than after its predecessors went out.
 	entries := make([]*entry, len(msgs))
 	for i, m := range msgs {
 		e, err := p.newEntry(m)
@@ -110,22 +113,35 @@ func (p *BatchPublisher) Publish(topic string, msgs ...*message.Message) error {
 			return err
 		}
 		entries[i] = e
-		select {
-		case p.in <- e:
-		case <-e.ctx.Done():
-			return e.ctx.Err()
-		case <-p.closing:
-			return ErrClosed
-		}
 	}
 	var errs []error
-	for _, e := range entries {
+	sent := entries
+	for i, e := range entries {
+		var err error
+		select {
+		case p.in <- e:
+			continue
+		case <-e.ctx.Done():
+			err = e.ctx.Err()
+		case <-p.closing:
+			err = ErrClosed
+		}
+		// Those before it are on their way; name the ones that are not.
+		for _, n := range entries[i:] {
+			errs = append(errs, fmt.Errorf("message %s not sent: %w", n.msgID, err))
+		}
+		sent = entries[:i]
+		break
+	}
+	for _, e := range sent {
 		select {
 		case err := <-e.done:
-			errs = append(errs, err)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("message %s: %w", e.msgID, err))
+			}
 		case <-e.ctx.Done():
 			// It may still be sent; a retry with the same deduplication id is safe.
-			errs = append(errs, e.ctx.Err())
+			errs = append(errs, fmt.Errorf("message %s: %w", e.msgID, e.ctx.Err()))
 		}
 	}
 	return errors.Join(errs...)
@@ -148,9 +164,10 @@ func (p *BatchPublisher) newEntry(m *message.Message) (*entry, error) {
 		return nil, fmt.Errorf("message %s is %d bytes; SQS allows %d", m.UUID, size, maxBatchBytes)
 	}
 	return &entry{
-		ctx:  m.Context(),
-		size: size,
-		done: make(chan error, 1),
+		msgID: m.UUID,
+		ctx:   m.Context(),
+		size:  size,
+		done:  make(chan error, 1),
 		req: types.SendMessageBatchRequestEntry{
 			MessageBody:            in.MessageBody,
 			MessageAttributes:      in.MessageAttributes,

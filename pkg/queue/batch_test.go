@@ -273,3 +273,22 @@ func TestBatchPublisherSkipsAbandonedMessages(t *testing.T) {
 		t.Errorf("sent after the caller gave up: %d batches, %v singles", len(f.batches), f.singles)
 	}
 }
+
+// A call with one bad message sends none of them: the error never comes
+// after earlier messages of the same call went out.
+func TestBatchPublisherSendsNothingWhenOneMessageIsBad(t *testing.T) {
+	c, client, urls := testQueues(t)
+	p, _ := queue.NewBatchPublisher(client, c.CommandQueue, urls.Command, queue.BatchConfig{MaxEntries: 10, Linger: time.Millisecond})
+	defer p.Close()
+	err := p.Publish(c.CommandQueue, fifoMessage("good-1", "g"), fifoMessage("good-2", "g"), message.NewMessage("bad", []byte("{}")))
+	if !errors.Is(err, queue.ErrNoGroupID) {
+		t.Fatalf("Publish = %v, want ErrNoGroupID", err)
+	}
+	d, err := queue.QueueDepth(context.Background(), client, urls.Command)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Visible+d.InFlight != 0 {
+		t.Fatalf("%d messages sent by a call that failed", d.Visible+d.InFlight)
+	}
+}

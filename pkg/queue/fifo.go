@@ -23,6 +23,9 @@ const (
 	// one back (ChangeMessageVisibility) instead of waiting out its
 	// visibility timeout. It is never sent.
 	MetaReceiptHandle = "oms_receipt_handle"
+	// MetaMessageID is the SQS message id of a received message: unique per
+	// message sent, the same on every redelivery. It is never sent.
+	MetaMessageID = "oms_message_id"
 )
 
 // ErrNoGroupID: a FIFO message without a group id. Real SQS rejects it;
@@ -53,6 +56,7 @@ func FIFOSendInput(ctx context.Context, url wsqs.QueueURL, m *types.Message) (*s
 	delete(attrs, MetaGroupID)
 	delete(attrs, MetaDedupID)
 	delete(attrs, MetaReceiptHandle)
+	delete(attrs, MetaMessageID)
 	in.MessageAttributes = attrs
 	in.MessageGroupId, in.MessageDeduplicationId = group, dedup
 	if len(attrs) > 10 {
@@ -101,7 +105,8 @@ func NewSubscriber(ctx context.Context, c Config, maxMessages int32, logger wate
 	}, logger)
 }
 
-// receiptUnmarshaler is watermill-aws's default, plus the receipt handle.
+// receiptUnmarshaler is watermill-aws's default, plus the receipt handle
+// and the SQS message id.
 type receiptUnmarshaler struct {
 	wsqs.DefaultMarshalerUnmarshaler
 }
@@ -110,6 +115,9 @@ func (u receiptUnmarshaler) Unmarshal(m *types.Message) (*message.Message, error
 	msg, err := u.DefaultMarshalerUnmarshaler.Unmarshal(m)
 	if err == nil && m.ReceiptHandle != nil {
 		msg.Metadata.Set(MetaReceiptHandle, *m.ReceiptHandle)
+	}
+	if err == nil && m.MessageId != nil {
+		msg.Metadata.Set(MetaMessageID, *m.MessageId)
 	}
 	return msg, err
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -24,9 +25,16 @@ import (
 //     RFC 6750 §3.1 asks.
 //   - 429: Retry-After: the whole seconds of a google.rpc.RetryInfo
 //     detail, rounded up.
+//
+// And a body the gateway could not decode gets the BadRequest detail a
+// service's own 400s carry, naming "body".
 func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 	st := status.Convert(err)
 	switch st.Code() {
+	case codes.InvalidArgument:
+		if body, ok := bodyViolation(ctx, r, st); ok {
+			err = body.Err()
+		}
 	case codes.Unauthenticated:
 		// The default handler sets WWW-Authenticate to the bare message.
 		w = pinHeader{w, "WWW-Authenticate", bearerChallenge(r, st.Message())}
@@ -36,6 +44,50 @@ func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, 
 		}
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// bodyViolation recognizes the gateway's report of a request body it could
+// not decode and returns it with a BadRequest violation on "body". The
+// generated handlers pass the JSON decoder's error on as a bare
+// INVALID_ARGUMENT (status.Errorf("%v", err)) without calling the service;
+// a refusal from a service comes back with server metadata and carries
+// details of its own.
+func bodyViolation(ctx context.Context, r *http.Request, st *status.Status) (*status.Status, bool) {
+	if len(st.Details()) > 0 || r.Method == http.MethodGet || r.Method == http.MethodHead || !decoderMessage(st.Message()) {
+		return nil, false
+	}
+	if md, ok := runtime.ServerMetadataFromContext(ctx); ok && (len(md.HeaderMD) > 0 || len(md.TrailerMD) > 0) {
+		return nil, false // the service answered
+	}
+	desc := clip(strings.TrimPrefix(st.Message(), "proto: "), maxDetailRunes)
+	out, err := status.New(codes.InvalidArgument, "body: "+desc).WithDetails(&errdetails.BadRequest{
+		FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "body", Description: desc}},
+	})
+	return out, err == nil
+}
+
+// decoderMessage reports whether msg is an error from the gateway's body
+// decoder: encoding/json reading the body, then protojson.
+func decoderMessage(msg string) bool {
+	for _, p := range []string{"proto:", "invalid character ", "unexpected EOF", "unexpected end of JSON input", "json: "} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// maxDetailRunes bounds decoder text repeated to the client: it can quote
+// the input (an unknown field's name), which may be up to the body limit.
+const maxDetailRunes = 200
+
+// clip makes s valid UTF-8 of at most n runes.
+func clip(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	return string([]rune(s)[:n]) + "…"
 }
 
 // pinHeader sets a header just before the status line goes out, over

@@ -161,6 +161,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{
 			correlationStreamInterceptor, errorStreamInterceptor(log),
 		}, a.StreamInterceptors...)...),
+		// An undecodable request is INVALID_ARGUMENT (codec.go); checked
+		// innermost, after the caller's interceptors (authentication first).
+		grpc.ForceServerCodecV2(newRequestCodec()),
+		grpc.ChainUnaryInterceptor(refuseUndecodable),
+		grpc.ChainStreamInterceptor(refuseUndecodableStream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: set.GRPCKeepaliveMinTime, PermitWithoutStream: false}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionIdle: set.GRPCMaxConnectionIdle, Time: set.GRPCKeepaliveTime, Timeout: set.GRPCKeepaliveTimeout,

@@ -12,9 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/sqs"
-	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 
@@ -124,6 +121,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer pub.Close() // after the server has drained: requests in flight still publish
 
+	// Queues lost by the endpoint (an emulator restarted) come back by
+	// themselves, and readiness with them.
+	keeper := queue.NewKeeper(client, cfg.Queue, urls, log)
+	go keeper.Run(ctx, 2*time.Second)
+
 	unary, stream, err := cfg.Guard.Interceptors(ctx, log, methods)
 	if err != nil {
 		return err
@@ -141,15 +143,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return omsv1.RegisterOrderCommandServiceHandler(ctx, mux, conn)
 		},
 		GatewayOptions: []runtime.ServeMuxOption{runtime.WithForwardResponseOption(acceptedStatus)},
-		Ready: func(ctx context.Context) error {
-			_, err := client.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
-				QueueUrl: aws.String(urls.Command), AttributeNames: []types.QueueAttributeName{types.QueueAttributeNameQueueArn},
-			})
-			return err
-		},
-		MaxBodyBytes: cfg.MaxBodyBytes,
-		DrainTimeout: cfg.DrainTimeout,
-		Log:          log,
+		Ready:          keeper.Check,
+		MaxBodyBytes:   cfg.MaxBodyBytes,
+		DrainTimeout:   cfg.DrainTimeout,
+		Log:            log,
 	})
 	if err != nil {
 		return err

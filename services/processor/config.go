@@ -50,15 +50,37 @@ type RetryConfig struct {
 // its largest jittered value plus every attempt timing out. The queue's
 // visibility timeout must exceed it, or SQS hands the message to another
 // consumer while it is still being retried.
+//
+// The arithmetic saturates at tooLong instead of overflowing into a
+// negative duration, which every guard would pass.
 func (r RetryConfig) WorstCase(attemptTimeout time.Duration) time.Duration {
-	total := time.Duration(r.MaxAttempts) * attemptTimeout
+	total := scale(attemptTimeout, float64(r.MaxAttempts))
 	wait := r.InitialInterval
 	for i := 1; i < r.MaxAttempts; i++ {
-		total += time.Duration(float64(min(wait, r.MaxInterval)) * (1 + r.Jitter))
-		wait = time.Duration(float64(wait) * r.Multiplier)
+		total = add(total, scale(min(wait, r.MaxInterval), 1+r.Jitter))
+		wait = scale(wait, r.Multiplier)
 	}
 	return total
 }
+
+// tooLong is where retry arithmetic saturates: a year, beyond any queue's
+// visibility timeout (SQS allows at most 12 hours), and small enough that
+// a caller may still multiply it by a receive batch without overflow.
+const tooLong = 365 * 24 * time.Hour
+
+// scale is d*f for non-negative d and f, at most tooLong.
+func scale(d time.Duration, f float64) time.Duration {
+	if x := float64(d) * f; x < float64(tooLong) {
+		return time.Duration(x)
+	}
+	return tooLong
+}
+
+// add is a+b for non-negative a and b, at most tooLong.
+func add(a, b time.Duration) time.Duration { return min(a+b, tooLong) }
+
+// maxRetryInterval bounds PROCESSOR_RETRY_MAX_INTERVAL and its default.
+const maxRetryInterval = 24 * time.Hour
 
 // LoadConfig reads the environment; see the README's configuration table.
 func LoadConfig(env *config.Env) (Config, error) {
@@ -85,8 +107,10 @@ func LoadConfig(env *config.Env) (Config, error) {
 	}
 	// Watermill's Retry ignores Multiplier unless MaxInterval is set; by
 	// default let the last wait reach InitialInterval * Multiplier^(n-2).
+	// That power overflows a Duration soon (5s x 2^38 at 40 attempts), so
+	// it is computed saturated and capped at the variable's own maximum.
 	r := c.Retry
-	last := time.Duration(float64(r.InitialInterval) * math.Pow(r.Multiplier, float64(max(r.MaxAttempts-2, 0))))
-	c.Retry.MaxInterval = env.Duration("PROCESSOR_RETRY_MAX_INTERVAL", last, r.InitialInterval, 24*time.Hour)
+	last := min(scale(r.InitialInterval, math.Pow(r.Multiplier, float64(max(r.MaxAttempts-2, 0)))), maxRetryInterval)
+	c.Retry.MaxInterval = env.Duration("PROCESSOR_RETRY_MAX_INTERVAL", last, r.InitialInterval, maxRetryInterval)
 	return c, env.Err()
 }

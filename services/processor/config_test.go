@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -60,5 +61,38 @@ func TestDatabaseURLAndLogLevel(t *testing.T) {
 	c, err := LoadConfig(config.FromMap(map[string]string{"HTTP_READ_TIMEOUT": "2s", "LOG_LEVEL": "debug"}))
 	if err != nil || c.HTTP.ReadTimeout != 2*time.Second || c.HTTP.IdleTimeout == 0 || c.LogLevel != "debug" {
 		t.Errorf("LoadConfig = %+v, %v", c.HTTP, err)
+	}
+}
+
+// Many attempts or a steep multiplier used to overflow the computed waits
+// into negative durations, so the visibility-timeout guard passed and
+// retries ran without waiting. The arithmetic saturates instead: the worst
+// case stays positive and longer than any visibility timeout (SQS allows
+// 12 hours), even multiplied by the largest receive batch, so the processor
+// refuses to start.
+func TestRetryArithmeticSaturates(t *testing.T) {
+	t.Parallel()
+	for _, env := range []map[string]string{
+		{"PROCESSOR_RETRY_MAX_ATTEMPTS": "40"},
+		{"PROCESSOR_RETRY_MAX_ATTEMPTS": "100", "PROCESSOR_RETRY_MULTIPLIER": "10", "PROCESSOR_RETRY_INITIAL_INTERVAL": "1h",
+			"PROCESSOR_RETRY_JITTER": "1", "PROCESSOR_HANDLER_TIMEOUT": "10m", "PROCESSOR_RECEIVE_BATCH": "10"},
+	} {
+		c, err := LoadConfig(config.FromMap(env))
+		if err != nil {
+			t.Fatalf("%v: %v", env, err)
+		}
+		if c.Retry.MaxInterval != 24*time.Hour {
+			t.Errorf("%v: default max interval %s, want the 24h cap", env, c.Retry.MaxInterval)
+		}
+		worst := time.Duration(c.ReceiveBatch) * c.Retry.WorstCase(c.HandlerTimeout) // as main's guard computes it
+		if worst < 12*time.Hour {
+			t.Errorf("%v: worst case %s, want more than any visibility timeout", env, worst)
+		}
+	}
+
+	// Values no configuration allows saturate too.
+	r := RetryConfig{InitialInterval: time.Hour, Multiplier: 10, MaxAttempts: 1000, MaxInterval: math.MaxInt64, Jitter: 1}
+	if w := r.WorstCase(math.MaxInt64 / 2); w != tooLong || 10*w <= 0 {
+		t.Errorf("worst case %s, want the saturation value %s", w, tooLong)
 	}
 }

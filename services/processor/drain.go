@@ -21,6 +21,11 @@ type gate struct {
 	stopped  bool
 	inflight int
 	idle     chan struct{} // closed once stopped with nothing in flight
+	// paused, while set, holds the next message back (see Pause); it is
+	// closed on Resume.
+	paused chan struct{}
+	// held are messages received after Stop, given back by GiveBack.
+	held []*message.Message
 }
 
 func newGate(sub message.Subscriber, giveBack func(*message.Message)) *gate {
@@ -37,9 +42,17 @@ func (g *gate) Subscribe(ctx context.Context, topic string) (<-chan *message.Mes
 		defer close(out)
 		for msg := range in {
 			if !g.take() {
-				// Not processed, not acked: give it back. Reading on lets
-				// the subscriber close.
-				g.giveBack(msg)
+				// Not processed, not acked: held, to be given back once the
+				// drain is over. Unacked, it keeps its subscription from
+				// receiving more (each receive counts towards the redrive
+				// to the dead-letter queue); reading on lets the
+				// subscriber close.
+				g.hold(msg)
+				continue
+			}
+			if !g.waitRunning(ctx) {
+				g.hold(msg)
+				g.release()
 				continue
 			}
 			select {
@@ -80,6 +93,70 @@ func (g *gate) release() {
 	}
 }
 
+func (g *gate) hold(msg *message.Message) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.held = append(g.held, msg)
+}
+
+// GiveBack returns the messages received after Stop to the queue at once,
+// so they need not wait out their visibility timeout (nor block their FIFO
+// groups that long). Call it after Wait, before closing the router.
+func (g *gate) GiveBack() {
+	g.mu.Lock()
+	held := g.held
+	g.held = nil
+	g.mu.Unlock()
+	for _, m := range held {
+		g.giveBack(m)
+	}
+}
+
+// Pause holds back every message not yet handed out until Resume. Each
+// subscription holds the one message it has received, invisible on the
+// queue, so nothing is received (or counted towards redrive) meanwhile. It
+// reports whether the gate was running.
+func (g *gate) Pause() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.paused != nil || g.stopped {
+		return false
+	}
+	g.paused = make(chan struct{})
+	return true
+}
+
+// Resume hands out messages again.
+func (g *gate) Resume() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.resume()
+}
+
+func (g *gate) resume() {
+	if g.paused != nil {
+		close(g.paused)
+		g.paused = nil
+	}
+}
+
+// waitRunning waits while the gate is paused; false means stop instead.
+func (g *gate) waitRunning(ctx context.Context) bool {
+	g.mu.Lock()
+	p := g.paused
+	g.mu.Unlock()
+	if p != nil {
+		select {
+		case <-p:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.stopped
+}
+
 // Stop stops handing out messages. (Close, from the embedded subscriber, is
 // the router's.)
 func (g *gate) Stop() {
@@ -89,6 +166,7 @@ func (g *gate) Stop() {
 		return
 	}
 	g.stopped = true
+	g.resume() // a held message goes back to the queue
 	if g.inflight == 0 {
 		close(g.idle)
 	}

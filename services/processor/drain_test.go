@@ -35,14 +35,70 @@ func TestGateDrains(t *testing.T) {
 	case m := <-out:
 		t.Fatalf("message %s handed out after Stop", m.UUID)
 	case id := <-givenBack:
-		if id != "2" {
-			t.Errorf("gave back %s, want 2", id)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("message received after Stop was neither handed out nor given back")
+		t.Fatalf("message %s given back before the drain is over", id)
+	case <-time.After(200 * time.Millisecond):
 	}
 	first.Ack()
 	if err := g.Wait(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+	// Held until now, so its subscription received nothing more.
+	g.GiveBack()
+	select {
+	case id := <-givenBack:
+		if id != "2" {
+			t.Errorf("gave back %s, want 2", id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("message received after Stop was not given back")
+	}
+}
+
+// A paused gate holds messages back until Resume; stopping it while paused
+// gives the held message back.
+func TestGatePauses(t *testing.T) {
+	pubsub := gochannel.NewGoChannel(gochannel.Config{}, nil)
+	givenBack := make(chan string, 1)
+	g := newGate(pubsub, func(m *message.Message) { givenBack <- m.UUID })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out, err := g.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g.Pause() {
+		t.Fatal("Pause of a running gate")
+	}
+	go pubsub.Publish("t", message.NewMessage("1", nil))
+	select {
+	case m := <-out:
+		t.Fatalf("message %s handed out while paused", m.UUID)
+	case <-time.After(200 * time.Millisecond):
+	}
+	g.Resume()
+	select {
+	case m := <-out:
+		m.Ack()
+	case <-time.After(5 * time.Second):
+		t.Fatal("message not handed out after Resume")
+	}
+
+	g.Pause()
+	go pubsub.Publish("t", message.NewMessage("2", nil))
+	time.Sleep(100 * time.Millisecond) // let the gate take it and hold it
+	g.Stop()
+	if err := g.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	g.GiveBack()
+	select {
+	case id := <-givenBack:
+		if id != "2" {
+			t.Errorf("gave back %s, want 2", id)
+		}
+	case m := <-out:
+		t.Fatalf("message %s handed out after Stop", m.UUID)
+	case <-time.After(5 * time.Second):
+		t.Fatal("held message neither given back nor handed out after Stop")
 	}
 }

@@ -21,23 +21,44 @@ import (
 )
 
 // permanentError fails the same way however often it is retried: the
-// message goes to the dead-letter queue with this reason.
+// message goes to the dead-letter queue with this reason at once.
 type permanentError struct{ err error }
 
 func (e permanentError) Error() string { return e.err.Error() }
 func (e permanentError) Unwrap() error { return e.err }
 
-func permanent(err error) bool {
+// pendingError waits for something that may still arrive (the order's
+// create): retried, and dead-lettered with this reason only when the
+// retries run out.
+type pendingError struct{ err error }
+
+func (e pendingError) Error() string { return e.err.Error() }
+func (e pendingError) Unwrap() error { return e.err }
+
+// stopsRetries reports whether retrying err is pointless.
+func stopsRetries(err error) bool {
 	var pe permanentError
 	var panicked middleware.RecoveredPanicError
 	return errors.As(err, &pe) || errors.As(err, &panicked)
+}
+
+// permanent is the dead-letter filter, seen after the retries: permanent
+// failures, and pending ones whose retries ran out. Transient and
+// operational failures are never dead-lettered here.
+func permanent(err error) bool {
+	var pending pendingError
+	return stopsRetries(err) || errors.As(err, &pending)
 }
 
 // applier applies one command message.
 type applier struct {
 	store           *orderstore.Store
 	acceptActorless bool
-	log             *slog.Logger
+	// operational is told of failures that mean the deployment is wrong
+	// (schema not migrated, privileges missing), to stop taking commands
+	// until it is fixed.
+	operational func(error)
+	log         *slog.Logger
 }
 
 // handle decodes the command and applies it in one transaction. A business
@@ -81,18 +102,32 @@ func (a *applier) handle(msg *message.Message) error {
 	case msg.Context().Err() != nil:
 		// Timed out or shutting down: says nothing about the command.
 		return err
-	case errors.Is(err, orderstore.ErrNotFound):
-		// FIFO order puts an order's create before its other commands, so
-		// the order was never created (or its create was dead-lettered).
-		return permanentError{err}
-	case orderstore.Permanent(err):
-		return permanentError{err}
 	default:
-		// Connection loss, serialization failure, a rolled-back commit...:
-		// anything not known to be permanent is worth another attempt.
-		log.WarnContext(ctx, "transient failure", "err", err)
-		commandsTotal.WithLabelValues(string(cmd.Kind()), "retried").Inc()
-		return err
+		switch class := orderstore.Classify(err); class {
+		case orderstore.ClassPermanent:
+			return permanentError{err}
+		case orderstore.ClassPending:
+			// No such order yet: its create may still be in flight (left
+			// there by a crash or an outage). Dead-lettered only when the
+			// retries run out.
+			log.WarnContext(ctx, "order not found yet; retrying", "err", err)
+			commandsTotal.WithLabelValues(string(cmd.Kind()), "retried").Inc()
+			return pendingError{err}
+		case orderstore.ClassOperational:
+			log.ErrorContext(ctx, "the database is not ready for this binary; retrying, never dead-lettering", "err", err)
+			commandsTotal.WithLabelValues(string(cmd.Kind()), "retried").Inc()
+			if a.operational != nil {
+				a.operational(err)
+			}
+			return err
+		default:
+			// Connection loss, serialization failure, a rolled-back
+			// commit...: anything not known to be permanent is worth
+			// another attempt.
+			log.WarnContext(ctx, "transient failure", "err", err)
+			commandsTotal.WithLabelValues(string(cmd.Kind()), "retried").Inc()
+			return err
+		}
 	}
 	span.SetAttributes(attribute.String("oms.outcome", string(res.Outcome)))
 	commandsTotal.WithLabelValues(string(cmd.Kind()), string(res.Outcome)).Inc()
@@ -121,7 +156,7 @@ func (a *applier) handle(msg *message.Message) error {
 func stopRetrying(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		out, err := h(msg)
-		if err != nil && permanent(err) {
+		if err != nil && stopsRetries(err) {
 			return out, backoff.Permanent(err)
 		}
 		return out, err

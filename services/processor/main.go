@@ -1,6 +1,7 @@
 // Command processor applies order commands from the SQS FIFO command queue
 // to PostgreSQL, one transaction per command, and relays notifications from
-// the outbox. "processor migrate [up|down]" manages the schema.
+// the outbox. "processor migrate [up|down]" manages the schema;
+// "processor dlq list|show|redrive" works the dead-letter queue.
 package main
 
 import (
@@ -21,9 +22,6 @@ import (
 	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/sqs"
-	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/omsdev/oms/pkg/config"
@@ -46,6 +44,9 @@ func main() {
 	}
 	log := logging.New(os.Stdout, "processor", cfg.LogLevel)
 	serve.HealthCheckCommand(os.Args, "processor", cfg.HTTPAddr)
+	if len(os.Args) > 1 && os.Args[1] == "dlq" {
+		os.Exit(deadLetterMain(ctx, cfg.Queue, os.Args[2:], os.Stdout, os.Stderr))
+	}
 	if len(os.Args) > 1 && os.Args[1] == "migrate" {
 		err = migrate(ctx, cfg.DatabaseURL, os.Args[2:], log)
 	} else {
@@ -103,7 +104,20 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		log.Info("gave back a message received while draining", "message_uuid", m.UUID)
 	})
-	a := &applier{store: orderstore.New(db, notifier{queue: cfg.Queue.NotificationQueue}.write), acceptActorless: cfg.AcceptActorless, log: log}
+	// Commands wait on the queue while the database is not ready for this
+	// binary (not migrated, privileges missing), instead of failing.
+	guard := &schemaGuard{db: db, gate: commands, every: 2 * time.Second, log: log}
+	guard.Start(ctx)
+	a := &applier{
+		store:           orderstore.New(db, notifier{queue: cfg.Queue.NotificationQueue}.write),
+		acceptActorless: cfg.AcceptActorless,
+		operational:     func(err error) { guard.Trip(ctx, err) },
+		log:             log,
+	}
+	// Queues lost by the endpoint (an emulator restarted) come back by
+	// themselves, and readiness with them.
+	keeper := queue.NewKeeper(client, cfg.Queue, urls, log)
+	go keeper.Run(ctx, 2*time.Second)
 
 	// Closing comes after the drain, with nothing left in flight.
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 5 * time.Second}, wlog)
@@ -114,7 +128,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		cfg.Queue.CommandQueue: urls.Command, cfg.Queue.DeadLetterQueue: urls.DeadLetter, cfg.Queue.NotificationQueue: urls.Notification,
 	}))
 	wmetrics.NewPrometheusMetricsBuilder(metrics.Registry, "", "").AddPrometheusRouterMetrics(router)
-	poison, err := middleware.PoisonQueueWithFilter(countingPublisher{pub}, cfg.Queue.DeadLetterQueue, permanent)
+	poison, err := middleware.PoisonQueueWithFilter(deadLetterPublisher{pub, log}, cfg.Queue.DeadLetterQueue, permanent)
 	if err != nil {
 		return err
 	}
@@ -154,13 +168,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		if err := db.PingContext(ctx); err != nil {
 			return fmt.Errorf("postgres: %w", err)
 		}
-		_, err := client.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
-			QueueUrl: aws.String(urls.Command), AttributeNames: []types.QueueAttributeName{types.QueueAttributeNameQueueArn},
-		})
-		if err != nil {
-			return fmt.Errorf("sqs: %w", err)
+		if err := guard.Err(); err != nil {
+			return err
 		}
-		return nil
+		return keeper.Check(ctx)
 	}
 	health, err := listenHealth(cfg.HTTPAddr, cfg.HTTP, ready, log)
 	if err != nil {
@@ -194,6 +205,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := commands.Wait(dctx); err != nil {
 		log.Warn("drain deadline passed with commands in flight; they will be redelivered", "err", err)
 	}
+	commands.GiveBack()
 	// Let the subscriber delete the messages just acked before closing it
 	// cancels their requests; any it misses are redelivered and found
 	// already processed.

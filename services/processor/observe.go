@@ -47,19 +47,6 @@ func countOutcomes(h message.HandlerFunc) message.HandlerFunc {
 	}
 }
 
-// countingPublisher counts messages sent to the dead-letter queue.
-type countingPublisher struct{ message.Publisher }
-
-func (p countingPublisher) Publish(topic string, msgs ...*message.Message) error {
-	err := p.Publisher.Publish(topic, msgs...)
-	if err == nil {
-		for _, m := range msgs {
-			commandsTotal.WithLabelValues(commandKind(m), "poisoned").Inc()
-		}
-	}
-	return err
-}
-
 // stateCollector samples, at scrape time, what only the database and SQS
 // know: the outbox backlog and the queues' depth.
 type stateCollector struct {

@@ -6,6 +6,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/omsdev/oms/pkg/orderstore"
 )
@@ -44,6 +48,9 @@ func parseFilter(f string) (orderstore.ListQuery, error) {
 	if strings.TrimSpace(f) == "" {
 		return q, nil
 	}
+	if !utf8.ValidString(f) {
+		return q, fmt.Errorf("must be valid UTF-8")
+	}
 	seen := map[string]bool{}
 	for _, term := range splitAnd(strings.TrimSpace(f)) {
 		m := termRE.FindStringSubmatch(term)
@@ -65,6 +72,9 @@ func parseFilter(f string) (orderstore.ListQuery, error) {
 			}
 			seen[field] = true
 			if field == "customer_id" {
+				if err := checkCustomerID(val); err != nil {
+					return q, fmt.Errorf("customer_id %v", err)
+				}
 				q.CustomerID = val
 				break
 			}
@@ -79,6 +89,9 @@ func parseFilter(f string) (orderstore.ListQuery, error) {
 			if err != nil {
 				return q, fmt.Errorf("create_time: %q is not an RFC 3339 time such as 2026-01-02T15:04:05Z", val)
 			}
+			if !inTimestampRange(t) {
+				return q, fmt.Errorf("create_time: %q is outside %s", val, timestampRange)
+			}
 			q.CreateTime = append(q.CreateTime, orderstore.TimeBound{Op: op, Time: t})
 		default:
 			return q, fmt.Errorf("cannot filter on %q; use state, customer_id or create_time", field)
@@ -86,6 +99,28 @@ func parseFilter(f string) (orderstore.ListQuery, error) {
 	}
 	return q, nil
 }
+
+// checkCustomerID refuses what no stored customer id can be. An empty id
+// would mean "any customer" to the store, and PostgreSQL refuses NUL and
+// invalid UTF-8 in text outright.
+func checkCustomerID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("must not be empty")
+	case !utf8.ValidString(id):
+		return fmt.Errorf("must be valid UTF-8")
+	case strings.IndexFunc(id, unicode.IsControl) >= 0:
+		return fmt.Errorf("must not contain control characters")
+	}
+	return nil
+}
+
+// timestampRange is the span of google.protobuf.Timestamp, which the API's
+// times are; PostgreSQL has no year 0, so earlier times cannot even be
+// compared with.
+const timestampRange = "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z"
+
+func inTimestampRange(t time.Time) bool { return timestamppb.New(t).IsValid() }
 
 func unquote(s string) (string, error) {
 	if strings.HasPrefix(s, `"`) {

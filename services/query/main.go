@@ -108,7 +108,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
 			return omsv1.RegisterOrderQueryServiceHandler(ctx, mux, conn)
 		},
-		Ready:        db.PingContext,
+		// Ready once the schema is what this binary reads.
+		Ready:        func(ctx context.Context) error { return orderstore.CheckSchema(ctx, db) },
 		DrainTimeout: cfg.DrainTimeout,
 		MaxBodyBytes: 1 << 20,
 		Log:          log,

@@ -44,9 +44,14 @@ func parseMask(fm *fieldmaskpb.FieldMask) (mask, error) {
 	if len(m.paths) == 0 {
 		return mask{}, nil
 	}
-	if _, err := fieldmaskpb.New(&omsv1.Order{}, m.paths...); err != nil {
+	fm, err := fieldmaskpb.New(&omsv1.Order{}, m.paths...)
+	if err != nil {
 		return mask{}, fmt.Errorf("%v; fields are those of Order, such as id,state", err)
 	}
+	// A mask is a union: "payment,payment.reference" is all of payment.
+	// Normalize drops paths a parent path covers (and duplicates).
+	fm.Normalize()
+	m.paths = fm.GetPaths()
 	m.tree = map[string]*maskNode{}
 	for _, p := range m.paths {
 		level := m.tree

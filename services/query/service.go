@@ -185,6 +185,11 @@ type listToken struct {
 	ID         string    `json:"id"`
 }
 
+// valid reports whether the position's time is one an order can have:
+// tokens are only base64, so a client can write any JSON into one, and
+// PostgreSQL refuses to compare with a year 0.
+func (t listToken) valid() bool { return inTimestampRange(t.CreateTime) }
+
 type eventsToken struct {
 	AfterSeq int64 `json:"s"`
 }
@@ -218,6 +223,9 @@ func decodeToken(s, scope string, pos any) error {
 	}
 	if err == nil {
 		err = json.Unmarshal(t.Pos, pos)
+	}
+	if v, ok := pos.(interface{ valid() bool }); err == nil && ok && !v.valid() {
+		err = errors.New("not a position a page ends at")
 	}
 	if err != nil {
 		return badRequest("page_token", "is not a token this service issued")

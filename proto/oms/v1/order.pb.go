@@ -10,7 +10,6 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
-	structpb "google.golang.org/protobuf/types/known/structpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -621,10 +620,19 @@ type OrderEvent struct {
 	Command string `protobuf:"bytes,7,opt,name=command,proto3" json:"command,omitempty"`
 	// Why a command was rejected; empty for applied changes.
 	Reason    string                 `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
-	Payload   *structpb.Struct       `protobuf:"bytes,9,opt,name=payload,proto3" json:"payload,omitempty"`
 	OccurTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=occur_time,json=occurTime,proto3" json:"occur_time,omitempty"`
 	// The order's version after this event.
-	OrderVersion  int64 `protobuf:"varint,11,opt,name=order_version,json=orderVersion,proto3" json:"order_version,omitempty"`
+	OrderVersion int64 `protobuf:"varint,11,opt,name=order_version,json=orderVersion,proto3" json:"order_version,omitempty"`
+	// What the change recorded, by event type. order.delivered and the
+	// rejections carry none.
+	//
+	// Types that are valid to be assigned to Payload:
+	//
+	//	*OrderEvent_Created
+	//	*OrderEvent_Paid
+	//	*OrderEvent_Shipped
+	//	*OrderEvent_Cancelled
+	Payload       isOrderEvent_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -715,13 +723,6 @@ func (x *OrderEvent) GetReason() string {
 	return ""
 }
 
-func (x *OrderEvent) GetPayload() *structpb.Struct {
-	if x != nil {
-		return x.Payload
-	}
-	return nil
-}
-
 func (x *OrderEvent) GetOccurTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.OccurTime
@@ -736,11 +737,304 @@ func (x *OrderEvent) GetOrderVersion() int64 {
 	return 0
 }
 
+func (x *OrderEvent) GetPayload() isOrderEvent_Payload {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *OrderEvent) GetCreated() *OrderCreatedPayload {
+	if x != nil {
+		if x, ok := x.Payload.(*OrderEvent_Created); ok {
+			return x.Created
+		}
+	}
+	return nil
+}
+
+func (x *OrderEvent) GetPaid() *OrderPaidPayload {
+	if x != nil {
+		if x, ok := x.Payload.(*OrderEvent_Paid); ok {
+			return x.Paid
+		}
+	}
+	return nil
+}
+
+func (x *OrderEvent) GetShipped() *OrderShippedPayload {
+	if x != nil {
+		if x, ok := x.Payload.(*OrderEvent_Shipped); ok {
+			return x.Shipped
+		}
+	}
+	return nil
+}
+
+func (x *OrderEvent) GetCancelled() *OrderCancelledPayload {
+	if x != nil {
+		if x, ok := x.Payload.(*OrderEvent_Cancelled); ok {
+			return x.Cancelled
+		}
+	}
+	return nil
+}
+
+type isOrderEvent_Payload interface {
+	isOrderEvent_Payload()
+}
+
+type OrderEvent_Created struct {
+	Created *OrderCreatedPayload `protobuf:"bytes,12,opt,name=created,proto3,oneof"`
+}
+
+type OrderEvent_Paid struct {
+	Paid *OrderPaidPayload `protobuf:"bytes,13,opt,name=paid,proto3,oneof"`
+}
+
+type OrderEvent_Shipped struct {
+	Shipped *OrderShippedPayload `protobuf:"bytes,14,opt,name=shipped,proto3,oneof"`
+}
+
+type OrderEvent_Cancelled struct {
+	Cancelled *OrderCancelledPayload `protobuf:"bytes,15,opt,name=cancelled,proto3,oneof"`
+}
+
+func (*OrderEvent_Created) isOrderEvent_Payload() {}
+
+func (*OrderEvent_Paid) isOrderEvent_Payload() {}
+
+func (*OrderEvent_Shipped) isOrderEvent_Payload() {}
+
+func (*OrderEvent_Cancelled) isOrderEvent_Payload() {}
+
+// The payload of order.created.
+type OrderCreatedPayload struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	CurrencyCode string                 `protobuf:"bytes,1,opt,name=currency_code,json=currencyCode,proto3" json:"currency_code,omitempty"`
+	// Exact: int64 is a string in JSON.
+	TotalMinor    int64 `protobuf:"varint,2,opt,name=total_minor,json=totalMinor,proto3" json:"total_minor,omitempty"`
+	LineItems     int32 `protobuf:"varint,3,opt,name=line_items,json=lineItems,proto3" json:"line_items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OrderCreatedPayload) Reset() {
+	*x = OrderCreatedPayload{}
+	mi := &file_oms_v1_order_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OrderCreatedPayload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OrderCreatedPayload) ProtoMessage() {}
+
+func (x *OrderCreatedPayload) ProtoReflect() protoreflect.Message {
+	mi := &file_oms_v1_order_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OrderCreatedPayload.ProtoReflect.Descriptor instead.
+func (*OrderCreatedPayload) Descriptor() ([]byte, []int) {
+	return file_oms_v1_order_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *OrderCreatedPayload) GetCurrencyCode() string {
+	if x != nil {
+		return x.CurrencyCode
+	}
+	return ""
+}
+
+func (x *OrderCreatedPayload) GetTotalMinor() int64 {
+	if x != nil {
+		return x.TotalMinor
+	}
+	return 0
+}
+
+func (x *OrderCreatedPayload) GetLineItems() int32 {
+	if x != nil {
+		return x.LineItems
+	}
+	return 0
+}
+
+// The payload of order.paid.
+type OrderPaidPayload struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	PaymentReference string                 `protobuf:"bytes,1,opt,name=payment_reference,json=paymentReference,proto3" json:"payment_reference,omitempty"`
+	AmountMinor      int64                  `protobuf:"varint,2,opt,name=amount_minor,json=amountMinor,proto3" json:"amount_minor,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *OrderPaidPayload) Reset() {
+	*x = OrderPaidPayload{}
+	mi := &file_oms_v1_order_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OrderPaidPayload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OrderPaidPayload) ProtoMessage() {}
+
+func (x *OrderPaidPayload) ProtoReflect() protoreflect.Message {
+	mi := &file_oms_v1_order_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OrderPaidPayload.ProtoReflect.Descriptor instead.
+func (*OrderPaidPayload) Descriptor() ([]byte, []int) {
+	return file_oms_v1_order_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *OrderPaidPayload) GetPaymentReference() string {
+	if x != nil {
+		return x.PaymentReference
+	}
+	return ""
+}
+
+func (x *OrderPaidPayload) GetAmountMinor() int64 {
+	if x != nil {
+		return x.AmountMinor
+	}
+	return 0
+}
+
+// The payload of order.shipped.
+type OrderShippedPayload struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Carrier        string                 `protobuf:"bytes,1,opt,name=carrier,proto3" json:"carrier,omitempty"`
+	TrackingNumber string                 `protobuf:"bytes,2,opt,name=tracking_number,json=trackingNumber,proto3" json:"tracking_number,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *OrderShippedPayload) Reset() {
+	*x = OrderShippedPayload{}
+	mi := &file_oms_v1_order_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OrderShippedPayload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OrderShippedPayload) ProtoMessage() {}
+
+func (x *OrderShippedPayload) ProtoReflect() protoreflect.Message {
+	mi := &file_oms_v1_order_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OrderShippedPayload.ProtoReflect.Descriptor instead.
+func (*OrderShippedPayload) Descriptor() ([]byte, []int) {
+	return file_oms_v1_order_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *OrderShippedPayload) GetCarrier() string {
+	if x != nil {
+		return x.Carrier
+	}
+	return ""
+}
+
+func (x *OrderShippedPayload) GetTrackingNumber() string {
+	if x != nil {
+		return x.TrackingNumber
+	}
+	return ""
+}
+
+// The payload of order.cancelled.
+type OrderCancelledPayload struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Reason string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// True when the order was paid before it was cancelled.
+	RefundDue     bool `protobuf:"varint,2,opt,name=refund_due,json=refundDue,proto3" json:"refund_due,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OrderCancelledPayload) Reset() {
+	*x = OrderCancelledPayload{}
+	mi := &file_oms_v1_order_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OrderCancelledPayload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OrderCancelledPayload) ProtoMessage() {}
+
+func (x *OrderCancelledPayload) ProtoReflect() protoreflect.Message {
+	mi := &file_oms_v1_order_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OrderCancelledPayload.ProtoReflect.Descriptor instead.
+func (*OrderCancelledPayload) Descriptor() ([]byte, []int) {
+	return file_oms_v1_order_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *OrderCancelledPayload) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *OrderCancelledPayload) GetRefundDue() bool {
+	if x != nil {
+		return x.RefundDue
+	}
+	return false
+}
+
 var File_oms_v1_order_proto protoreflect.FileDescriptor
 
 const file_oms_v1_order_proto_rawDesc = "" +
 	"\n" +
-	"\x12oms/v1/order.proto\x12\x06oms.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\a\n" +
+	"\x12oms/v1/order.proto\x12\x06oms.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\a\n" +
 	"\x05Order\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12\x13\n" +
 	"\x02id\x18\x02 \x01(\tB\x03\xe0A\x03R\x02id\x12$\n" +
@@ -801,7 +1095,7 @@ const file_oms_v1_order_proto_rawDesc = "" +
 	"\vcancel_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"cancelTime\x12\x1d\n" +
 	"\n" +
-	"refund_due\x18\x03 \x01(\bR\trefundDue\"\xfb\x03\n" +
+	"refund_due\x18\x03 \x01(\bR\trefundDue\"\xc3\x05\n" +
 	"\n" +
 	"OrderEvent\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12\x1a\n" +
@@ -813,14 +1107,35 @@ const file_oms_v1_order_proto_rawDesc = "" +
 	"\n" +
 	"command_id\x18\x06 \x01(\tR\tcommandId\x12\x18\n" +
 	"\acommand\x18\a \x01(\tR\acommand\x12\x16\n" +
-	"\x06reason\x18\b \x01(\tR\x06reason\x121\n" +
-	"\apayload\x18\t \x01(\v2\x17.google.protobuf.StructR\apayload\x129\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\x129\n" +
 	"\n" +
 	"occur_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\toccurTime\x12#\n" +
-	"\rorder_version\x18\v \x01(\x03R\forderVersion:\\\xeaAY\n" +
+	"\rorder_version\x18\v \x01(\x03R\forderVersion\x127\n" +
+	"\acreated\x18\f \x01(\v2\x1b.oms.v1.OrderCreatedPayloadH\x00R\acreated\x12.\n" +
+	"\x04paid\x18\r \x01(\v2\x18.oms.v1.OrderPaidPayloadH\x00R\x04paid\x127\n" +
+	"\ashipped\x18\x0e \x01(\v2\x1b.oms.v1.OrderShippedPayloadH\x00R\ashipped\x12=\n" +
+	"\tcancelled\x18\x0f \x01(\v2\x1d.oms.v1.OrderCancelledPayloadH\x00R\tcancelled:\\\xeaAY\n" +
 	"\x1foms.omsdev.github.io/OrderEvent\x12\x1dorders/{order}/events/{event}*\vorderEvents2\n" +
-	"orderEventB*Z(github.com/omsdev/oms/proto/oms/v1;omsv1b\x06proto3"
+	"orderEventB\t\n" +
+	"\apayloadJ\x04\b\t\x10\n" +
+	"R\apayload\"z\n" +
+	"\x13OrderCreatedPayload\x12#\n" +
+	"\rcurrency_code\x18\x01 \x01(\tR\fcurrencyCode\x12\x1f\n" +
+	"\vtotal_minor\x18\x02 \x01(\x03R\n" +
+	"totalMinor\x12\x1d\n" +
+	"\n" +
+	"line_items\x18\x03 \x01(\x05R\tlineItems\"b\n" +
+	"\x10OrderPaidPayload\x12+\n" +
+	"\x11payment_reference\x18\x01 \x01(\tR\x10paymentReference\x12!\n" +
+	"\famount_minor\x18\x02 \x01(\x03R\vamountMinor\"X\n" +
+	"\x13OrderShippedPayload\x12\x18\n" +
+	"\acarrier\x18\x01 \x01(\tR\acarrier\x12'\n" +
+	"\x0ftracking_number\x18\x02 \x01(\tR\x0etrackingNumber\"N\n" +
+	"\x15OrderCancelledPayload\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x1d\n" +
+	"\n" +
+	"refund_due\x18\x02 \x01(\bR\trefundDueB*Z(github.com/omsdev/oms/proto/oms/v1;omsv1b\x06proto3"
 
 var (
 	file_oms_v1_order_proto_rawDescOnce sync.Once
@@ -835,7 +1150,7 @@ func file_oms_v1_order_proto_rawDescGZIP() []byte {
 }
 
 var file_oms_v1_order_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_oms_v1_order_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_oms_v1_order_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_oms_v1_order_proto_goTypes = []any{
 	(Order_State)(0),              // 0: oms.v1.Order.State
 	(*Order)(nil),                 // 1: oms.v1.Order
@@ -845,8 +1160,11 @@ var file_oms_v1_order_proto_goTypes = []any{
 	(*Shipment)(nil),              // 5: oms.v1.Shipment
 	(*Cancellation)(nil),          // 6: oms.v1.Cancellation
 	(*OrderEvent)(nil),            // 7: oms.v1.OrderEvent
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),       // 9: google.protobuf.Struct
+	(*OrderCreatedPayload)(nil),   // 8: oms.v1.OrderCreatedPayload
+	(*OrderPaidPayload)(nil),      // 9: oms.v1.OrderPaidPayload
+	(*OrderShippedPayload)(nil),   // 10: oms.v1.OrderShippedPayload
+	(*OrderCancelledPayload)(nil), // 11: oms.v1.OrderCancelledPayload
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_oms_v1_order_proto_depIdxs = []int32{
 	0,  // 0: oms.v1.Order.state:type_name -> oms.v1.Order.State
@@ -855,21 +1173,24 @@ var file_oms_v1_order_proto_depIdxs = []int32{
 	4,  // 3: oms.v1.Order.payment:type_name -> oms.v1.Payment
 	5,  // 4: oms.v1.Order.shipment:type_name -> oms.v1.Shipment
 	6,  // 5: oms.v1.Order.cancellation:type_name -> oms.v1.Cancellation
-	8,  // 6: oms.v1.Order.create_time:type_name -> google.protobuf.Timestamp
-	8,  // 7: oms.v1.Order.update_time:type_name -> google.protobuf.Timestamp
-	8,  // 8: oms.v1.Payment.pay_time:type_name -> google.protobuf.Timestamp
-	8,  // 9: oms.v1.Shipment.ship_time:type_name -> google.protobuf.Timestamp
-	8,  // 10: oms.v1.Shipment.deliver_time:type_name -> google.protobuf.Timestamp
-	8,  // 11: oms.v1.Cancellation.cancel_time:type_name -> google.protobuf.Timestamp
+	12, // 6: oms.v1.Order.create_time:type_name -> google.protobuf.Timestamp
+	12, // 7: oms.v1.Order.update_time:type_name -> google.protobuf.Timestamp
+	12, // 8: oms.v1.Payment.pay_time:type_name -> google.protobuf.Timestamp
+	12, // 9: oms.v1.Shipment.ship_time:type_name -> google.protobuf.Timestamp
+	12, // 10: oms.v1.Shipment.deliver_time:type_name -> google.protobuf.Timestamp
+	12, // 11: oms.v1.Cancellation.cancel_time:type_name -> google.protobuf.Timestamp
 	0,  // 12: oms.v1.OrderEvent.from_state:type_name -> oms.v1.Order.State
 	0,  // 13: oms.v1.OrderEvent.to_state:type_name -> oms.v1.Order.State
-	9,  // 14: oms.v1.OrderEvent.payload:type_name -> google.protobuf.Struct
-	8,  // 15: oms.v1.OrderEvent.occur_time:type_name -> google.protobuf.Timestamp
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	12, // 14: oms.v1.OrderEvent.occur_time:type_name -> google.protobuf.Timestamp
+	8,  // 15: oms.v1.OrderEvent.created:type_name -> oms.v1.OrderCreatedPayload
+	9,  // 16: oms.v1.OrderEvent.paid:type_name -> oms.v1.OrderPaidPayload
+	10, // 17: oms.v1.OrderEvent.shipped:type_name -> oms.v1.OrderShippedPayload
+	11, // 18: oms.v1.OrderEvent.cancelled:type_name -> oms.v1.OrderCancelledPayload
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_oms_v1_order_proto_init() }
@@ -877,13 +1198,19 @@ func file_oms_v1_order_proto_init() {
 	if File_oms_v1_order_proto != nil {
 		return
 	}
+	file_oms_v1_order_proto_msgTypes[6].OneofWrappers = []any{
+		(*OrderEvent_Created)(nil),
+		(*OrderEvent_Paid)(nil),
+		(*OrderEvent_Shipped)(nil),
+		(*OrderEvent_Cancelled)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_oms_v1_order_proto_rawDesc), len(file_oms_v1_order_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

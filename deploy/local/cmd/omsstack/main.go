@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,13 +37,13 @@ const audience = "oms"
 // defaults is the local stack's environment; anything already set in the
 // caller's environment wins.
 var defaults = map[string]string{
-	"DATABASE_URL":            "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable",
-	"SQS_ENDPOINT":            "http://127.0.0.1:4100",
-	"AWS_REGION":              "us-east-1",
-	"PROCESSOR_SUBSCRIPTIONS": "1", // goaws keeps FIFO order only with one consumer
-	// goaws's batch replies are unreadable, so each batched entry would be
-	// confirmed by a second send; single sends are faster there.
-	"INGEST_BATCH_MAX_ENTRIES": "1",
+	"DATABASE_URL": "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable",
+	"SQS_ENDPOINT": "http://127.0.0.1:4100",
+	"AWS_REGION":   "us-east-1",
+	// sqslocal keeps SQS FIFO's group locks with any number of consumers
+	// and answers batches readably, so the local stack runs as production.
+	"PROCESSOR_SUBSCRIPTIONS":  "8",
+	"INGEST_BATCH_MAX_ENTRIES": "10",
 	"LOG_LEVEL":                "info",
 	// One token drives all of `make load`: a per-caller limit would
 	// measure the limiter, not the pipeline.
@@ -67,6 +68,12 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "demo" {
 		err = demo(ctx, env("INGEST_URL", "http://127.0.0.1:8080"), env("QUERY_URL", "http://127.0.0.1:8081"))
 	} else {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		watchParent(ctx, time.Second, func(why string) {
+			fmt.Printf("\nomsstack: %s\n", why)
+			cancel()
+		})
 		err = run(ctx)
 	}
 	if err != nil {
@@ -289,7 +296,7 @@ func (g *group) start(bin string, s service) error {
 	}
 	cmd := exec.Command(filepath.Join(bin, s.name), s.args...)
 	cmd.Env = append(os.Environ(), s.env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C reaches us, we stop them in order
+	cmd.SysProcAttr = serviceProcAttr()
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
@@ -316,6 +323,85 @@ func (g *group) start(bin string, s service) error {
 			return fmt.Errorf("%s not ready after 30s: %v", s.name, ready(s))
 		}
 	}
+}
+
+// serviceProcAttr starts a service in its own process group, so a Ctrl-C
+// reaches omsstack alone and it stops the services in order; and, on
+// Linux, with SIGTERM as its parent-death signal, so no service outlives
+// an omsstack that was killed outright. (Pdeathsig exists only in Linux's
+// SysProcAttr; it is set by name so this file builds everywhere.)
+func serviceProcAttr() *syscall.SysProcAttr {
+	a := &syscall.SysProcAttr{Setpgid: true}
+	if f := reflect.ValueOf(a).Elem().FieldByName("Pdeathsig"); f.IsValid() {
+		f.Set(reflect.ValueOf(syscall.SIGTERM))
+	}
+	return a
+}
+
+// watchParent calls stop, once, when the process that started omsstack is
+// gone or dying, so the stack never outlives the `make run` that started
+// it, however that make was stopped:
+//
+//   - the parent exited (killed outright, say): omsstack is re-parented,
+//     and Getppid changes;
+//   - the parent is make and got SIGINT, SIGHUP or SIGQUIT by itself (a
+//     `kill -INT`, not a Ctrl-C, which the terminal sends to omsstack too).
+//     GNU make does not exit then: it resets the signal to its default,
+//     waits for its children, and only then dies by it. So a make that no
+//     longer catches a signal it caught is dying. (This reads /proc, so it
+//     works on Linux only.)
+//
+// It reads the parent's state before it returns, so a signal to make right
+// after the call is noticed; the watching goes on in the background.
+func watchParent(ctx context.Context, every time.Duration, stop func(why string)) {
+	ppid := os.Getppid()
+	var watched uint64 // the fatal signals the parent catches, when it is make
+	if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", ppid)); err == nil {
+		if name := strings.TrimSpace(string(comm)); name == "make" || name == "gmake" {
+			watched = caughtSignals(ppid) & fatalSignals
+		}
+	}
+	go watchFrom(ctx, ppid, watched, every, stop)
+}
+
+func watchFrom(ctx context.Context, ppid int, watched uint64, every time.Duration, stop func(why string)) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if os.Getppid() != ppid {
+			stop(fmt.Sprintf("parent process %d exited; stopping", ppid))
+			return
+		}
+		if watched != 0 && caughtSignals(ppid)&watched != watched {
+			stop(fmt.Sprintf("make (pid %d) was interrupted; stopping", ppid))
+			return
+		}
+	}
+}
+
+// fatalSignals is SIGHUP, SIGINT, SIGQUIT and SIGTERM as a signal mask:
+// bit n-1 is signal n.
+const fatalSignals = 1<<(syscall.SIGHUP-1) | 1<<(syscall.SIGINT-1) | 1<<(syscall.SIGQUIT-1) | 1<<(syscall.SIGTERM-1)
+
+// caughtSignals is the mask of signals pid has handlers for (SigCgt in
+// /proc/pid/status), or 0 when it cannot be read.
+func caughtSignals(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "SigCgt:"); ok {
+			mask, _ := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return mask
+		}
+	}
+	return 0
 }
 
 func ready(s service) error {

@@ -1,5 +1,7 @@
 // Command sqslocal runs goaws, the SQS emulator, for the local stack and
-// the end-to-end tests. It listens on 127.0.0.1 only.
+// the end-to-end tests, with FIFO queues that keep SQS's per-group order
+// for any number of consumers (see pkg/sqslocal). It listens on 127.0.0.1
+// unless told otherwise.
 package main
 
 import (
@@ -16,7 +18,7 @@ import (
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:4100", "listen address")
-	tick := flag.Duration("tick", 250*time.Millisecond, "how often visibility timeouts and redrive are processed")
+	tick := flag.Duration("tick", 250*time.Millisecond, "how often lapsed visibility timeouts, redrive and memory are swept; FIFO receives do not wait for it")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
