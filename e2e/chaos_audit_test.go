@@ -129,7 +129,7 @@ func (e *chaosEnv) audit(loads ...*chaosLoad) {
 	ctx := context.Background()
 	var accepted []chaosAccepted
 	for _, l := range loads {
-		acc, refused, gaveUp, resent, unfollow := l.snapshot()
+		acc, refused, gaveUp, resent, replayed, unfollow := l.snapshot()
 		accepted = append(accepted, acc...)
 		for _, s := range refused {
 			r.problem("ingest refused a valid request: %s", s)
@@ -138,7 +138,10 @@ func (e *chaosEnv) audit(loads ...*chaosLoad) {
 			r.note("%d requests never answered 2xx (not accepted; not accounted)", gaveUp)
 		}
 		if resent > 0 {
-			r.note("%d accepted requests resent with the same key", resent)
+			r.note("%d accepted requests resent to ingest with the same key", resent)
+		}
+		if replayed > 0 {
+			r.note("%d accepted commands delivered twice (replayed on the command queue)", replayed)
 		}
 		if unfollow > 0 {
 			r.problem("%d orders were never created, so their pays were never sent", unfollow)
@@ -190,6 +193,7 @@ func (e *chaosEnv) audit(loads ...*chaosLoad) {
 
 	// Every accepted command: processed once, and its one history entry.
 	var lastBefore, firstAfter time.Time
+	var slowest chaosAccepted
 	for _, c := range accepted {
 		p, ok := processed[c.chaosKey]
 		if !ok {
@@ -212,7 +216,7 @@ func (e *chaosEnv) audit(loads ...*chaosLoad) {
 		if !e.faultEnd.IsZero() {
 			if c.at.Before(e.faultEnd) {
 				if p.at.After(lastBefore) {
-					lastBefore = p.at
+					lastBefore, slowest = p.at, c
 				}
 			} else if firstAfter.IsZero() || p.at.Before(firstAfter) {
 				firstAfter = p.at
@@ -226,6 +230,10 @@ func (e *chaosEnv) audit(loads ...*chaosLoad) {
 		}
 		if !last.IsZero() {
 			r.recovery, r.recoveryKnown = max(last.Sub(e.faultEnd), 0), true
+		}
+		if lastBefore.After(e.faultEnd) {
+			r.note("the last command accepted before the fault ended: %s %s of order %s, accepted %s, applied %s (fault ended %s)",
+				slowest.kind, slowest.id, slowest.order, slowest.at.Format("15:04:05.000"), lastBefore.Local().Format("15:04:05.000"), e.faultEnd.Format("15:04:05.000"))
 		}
 	}
 

@@ -261,6 +261,19 @@ func (e *chaosEnv) startProcessor(wait bool) error {
 	return nil
 }
 
+// waitInFlight polls the command queue until a message is in flight
+// (received, not yet deleted), for at most d, and reports whether one was.
+func (e *chaosEnv) waitInFlight(d time.Duration) bool {
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		if q, err := queue.QueueDepth(context.Background(), e.sqs, e.urls.Command); err == nil && q.InFlight > 0 {
+			return true
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return false
+}
+
 // kill is kill -9: no drain, no goodbye. The process is dropped from the
 // stack's list, whose final stop counts a non-zero exit as a failure.
 func (e *chaosEnv) kill(p *proc) {
@@ -334,6 +347,8 @@ func (e *chaosEnv) processorCounts() string {
 		{"duplicate deliveries ignored", "duplicate delivery ignored"},
 		{"transient failures retried", "transient failure"},
 		{"retried because the order was not there yet", "order not found yet; retrying"},
+		{"given back while draining", "gave back a message received while draining"},
+		{"not given back", "could not give back a message received while draining; it returns after its visibility timeout"},
 		{"starts", "processing"},
 	} {
 		n := 0

@@ -12,18 +12,23 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
 
 	"github.com/omsdev/oms/pkg/auth"
 	"github.com/omsdev/oms/pkg/devissuer"
+	"github.com/omsdev/oms/pkg/order"
+	"github.com/omsdev/oms/pkg/orderpb"
 )
 
 // chaosClient is one caller of the load, with a real signed token.
 type chaosClient struct {
 	principal  string // as the processor records it: "customer:…", "service:…"
 	token      string
-	customerID string // the body's customerId
+	customerID string      // the body's customerId
+	actor      order.Actor // what ingest puts in its commands, for replays
 }
 
 // chaosClients are a staff client (the stack's standard token), a
@@ -33,9 +38,12 @@ func chaosClients(t *testing.T) []chaosClient {
 	custTok, custID := customer(t)
 	shop := "chaos-shop-" + uuid.NewString()[:8]
 	return []chaosClient{
-		{principal: "service:staff-console", token: sys.tokens[devissuer.EnvStaff], customerID: "c-chaos"},
-		{principal: "customer:" + custID, token: custTok, customerID: custID},
-		{principal: "service:" + shop, token: service(t, shop, auth.ScopeCreate, auth.ScopeRead, auth.ScopePay, auth.ScopeCancel), customerID: "c-chaos"},
+		{principal: "service:staff-console", token: sys.tokens[devissuer.EnvStaff], customerID: "c-chaos",
+			actor: order.Actor{ID: "service:staff-console", AllOrders: true}},
+		{principal: "customer:" + custID, token: custTok, customerID: custID,
+			actor: order.Actor{ID: "customer:" + custID, CustomerID: custID}},
+		{principal: "service:" + shop, token: service(t, shop, auth.ScopeCreate, auth.ScopeRead, auth.ScopePay, auth.ScopeCancel), customerID: "c-chaos",
+			actor: order.Actor{ID: "service:" + shop}},
 	}
 }
 
@@ -63,9 +71,15 @@ type chaosLoadOptions struct {
 	// immediate sends follow-ups right after the create's 202 instead of
 	// after the create is applied (see chaosImmediateFollowUps).
 	immediate bool
-	// resendShare of accepted commands are sent again with the same key
-	// and body, as a client that missed the answer would.
+	// resendShare of accepted requests are sent again with the same key
+	// and body 0.5 to 3 s later, as a client that missed the answer would.
 	resendShare float64
+	// replayShare of accepted commands are delivered twice: the same
+	// command put on the queue again 0.5 to 3 s later with a new
+	// deduplication id, as an at-least-once delivery or a redrive of an
+	// applied command would. Only the processor's idempotency record can
+	// tell.
+	replayShare float64
 }
 
 // chaosLoad drives ingest over HTTP and records every accepted command.
@@ -88,6 +102,7 @@ type chaosLoad struct {
 	creates  int
 	gaveUp   int // never answered 2xx (not accepted, so not accounted)
 	resent   int
+	replayed int
 	refused  []string
 	unfollow int // orders whose follow-ups were never sent (create never applied)
 }
@@ -167,7 +182,8 @@ func (l *chaosLoad) stop() {
 
 func (l *chaosLoad) create(cl chaosClient) {
 	body := fmt.Sprintf(`{"customerId":%q,"currencyCode":"USD","lineItems":[{"sku":"SKU-1","name":"Mug","quantity":2,"unitPriceMinor":"1200"}]}`, cl.customerID)
-	name, ok := l.submit(cl, "create", "", "/v1/orders", body, uuid.NewString())
+	cmd := order.CreateOrder{CustomerID: cl.customerID, Currency: "USD", Lines: []order.LineItem{{SKU: "SKU-1", Name: "Mug", Quantity: 2, UnitPriceMinor: 1200}}}
+	name, ok := l.submit(cl, "", "/v1/orders", body, cmd, uuid.NewString())
 	if !ok || l.o.noFollowUps {
 		return
 	}
@@ -258,11 +274,16 @@ func (l *chaosLoad) followUp(cl chaosClient, id string) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			body := `{"reason":"chaos"}`
-			if k == "pay" {
-				body = `{"paymentReference":"ch_` + uuid.NewString()[:8] + `","amountMinor":"2400"}`
+			var body string
+			var cmd order.Body
+			switch k {
+			case "pay":
+				ref := "ch_" + uuid.NewString()[:8]
+				body, cmd = `{"paymentReference":"`+ref+`","amountMinor":"2400"}`, order.PayOrder{Reference: ref, AmountMinor: 2400}
+			default:
+				body, cmd = `{"reason":"chaos"}`, order.CancelOrder{Reason: "chaos"}
 			}
-			l.submit(cl, k, id, "/v1/orders/"+id+":"+k, body, uuid.NewString())
+			l.submit(cl, id, "/v1/orders/"+id+":"+k, body, cmd, uuid.NewString())
 		}()
 	}
 	wg.Wait()
@@ -271,7 +292,8 @@ func (l *chaosLoad) followUp(cl chaosClient, id string) {
 // submit sends one command until ingest answers 2xx, retrying with the
 // same key (as a client must) through errors and 5xx. It records the
 // command when accepted and returns the order's name from the answer.
-func (l *chaosLoad) submit(cl chaosClient, kind, order, path, body, key string) (string, bool) {
+func (l *chaosLoad) submit(cl chaosClient, orderID, path, body string, cmd order.Body, key string) (string, bool) {
+	kind := string(cmd.Kind())
 	deadline := time.Now().Add(90 * time.Second)
 	var stopDeadline time.Time
 	wait := 100 * time.Millisecond
@@ -279,18 +301,21 @@ func (l *chaosLoad) submit(cl chaosClient, kind, order, path, body, key string) 
 		status, name, raw, err := l.post(cl, path, body, key)
 		switch {
 		case err == nil && status == http.StatusAccepted:
-			if order == "" {
-				order = strings.TrimPrefix(name, "orders/")
+			if orderID == "" {
+				orderID = strings.TrimPrefix(name, "orders/")
 			}
 			k := chaosKey{cl.principal, key}
 			l.mu.Lock()
 			if !l.seen[k] {
 				l.seen[k] = true
-				l.accepted = append(l.accepted, chaosAccepted{chaosKey: k, order: order, kind: kind, at: time.Now()})
+				l.accepted = append(l.accepted, chaosAccepted{chaosKey: k, order: orderID, kind: kind, at: time.Now()})
 			}
 			l.mu.Unlock()
+			if rand.Float64() < l.o.replayShare {
+				l.later(func() { l.replay(order.Command{ID: key, OrderID: orderID, Actor: cl.actor, Body: cmd}) })
+			}
 			if rand.Float64() < l.o.resendShare {
-				l.resend(cl, kind, name, path, body, key)
+				l.later(func() { l.resend(cl, kind, name, path, body, key) })
 			}
 			return name, true
 		case err == nil && status >= 400 && status < 500 && status != http.StatusTooManyRequests && status != http.StatusRequestTimeout:
@@ -310,6 +335,36 @@ func (l *chaosLoad) submit(cl chaosClient, kind, order, path, body, key string) 
 		}
 		time.Sleep(wait)
 		wait = min(wait*2, time.Second)
+	}
+}
+
+// later runs f 0.5 to 3 s from now; stop waits for it.
+func (l *chaosLoad) later(f func()) {
+	l.follows.Add(1)
+	go func() {
+		defer l.follows.Done()
+		time.Sleep(time.Duration(500+rand.IntN(2500)) * time.Millisecond)
+		f()
+	}()
+}
+
+// replay puts an accepted command on the command queue a second time, as
+// ingest encoded it, under a new deduplication id.
+func (l *chaosLoad) replay(cmd order.Command) {
+	body, err := orderpb.EncodeCommand(cmd)
+	if err != nil {
+		panic(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = l.e.sqs.SendMessage(ctx, &sqs.SendMessageInput{
+		QueueUrl: aws.String(l.e.urls.Command), MessageBody: aws.String(string(body)),
+		MessageGroupId: aws.String(cmd.OrderID), MessageDeduplicationId: aws.String(uuid.NewString()),
+	})
+	if err == nil { // an outage of the endpoint: not replayed, nothing to count
+		l.mu.Lock()
+		l.replayed++
+		l.mu.Unlock()
 	}
 }
 
@@ -356,8 +411,8 @@ func (l *chaosLoad) post(cl chaosClient, path, body, key string) (int, string, s
 }
 
 // snapshot is what the load recorded.
-func (l *chaosLoad) snapshot() (accepted []chaosAccepted, refused []string, gaveUp, resent, unfollow int) {
+func (l *chaosLoad) snapshot() (accepted []chaosAccepted, refused []string, gaveUp, resent, replayed, unfollow int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return append([]chaosAccepted(nil), l.accepted...), append([]string(nil), l.refused...), l.gaveUp, l.resent, l.unfollow
+	return append([]chaosAccepted(nil), l.accepted...), append([]string(nil), l.refused...), l.gaveUp, l.resent, l.replayed, l.unfollow
 }

@@ -17,20 +17,20 @@ import (
 	"github.com/omsdev/oms/pkg/queue"
 )
 
-// chaosSubscriptions is PROCESSOR_SUBSCRIPTIONS in every chaos scenario.
-// goaws (sqslocal) does not keep a FIFO message group locked across
-// consumers (docs/sqs.md); raise this once the emulator does.
-const chaosSubscriptions = 1
+// chaosSubscriptions is PROCESSOR_SUBSCRIPTIONS in every chaos scenario:
+// 8, as in production, now that sqslocal keeps a FIFO group locked while
+// any of its messages is in flight, with any number of consumers (goaws
+// alone did not; docs/sqs.md). Set it to 1 to take concurrency out of a
+// failing scenario.
+const chaosSubscriptions = 8
 
-// chaosImmediateFollowUps sends an order's pay (and cancel) right after
-// its create is accepted, in the scenarios with faults. It is off because
-// goaws unlocks the group of a message left in flight (a processor killed
-// mid-command) as soon as another group is received, so the pay can be
-// delivered before its create and, after its retries, dead-lettered as
-// "order not found": an emulator bug real SQS does not have. Until the
-// emulator is fixed, follow-ups wait until the create is applied. (The
-// pay-and-cancel race, which has no fault, sends them at once.)
-const chaosImmediateFollowUps = false
+// chaosImmediateFollowUps sends an order's pay (and cancel) right after its
+// create is accepted, so a pay can sit behind a create that a killed
+// processor left in flight: only the group lock keeps it from being
+// applied first (and dead-lettered as "order not found"). Set it to false
+// to send follow-ups only once the create is applied, for an emulator that
+// loses group locks (goaws before sqslocal's fix).
+const chaosImmediateFollowUps = true
 
 const (
 	// chaosVisibilityTimeout is the scenario queues' visibility timeout,
@@ -80,9 +80,10 @@ func chaosVariantFromEnv() chaosVariant {
 
 // load is the mixed load of the fault scenarios: creates from several
 // goroutines, a pay for each order, a cancel at the same time for a third
-// of them, and a tenth of the requests sent twice with the same key.
+// of them, a tenth of the requests sent twice with the same key, and a
+// tenth of the commands delivered twice.
 func (v chaosVariant) load() chaosLoadOptions {
-	return chaosLoadOptions{creators: 3, rate: v.rate, cancelShare: 0.33, resendShare: 0.1, immediate: chaosImmediateFollowUps}
+	return chaosLoadOptions{creators: 3, rate: v.rate, cancelShare: 0.33, resendShare: 0.1, replayShare: 0.1, immediate: chaosImmediateFollowUps}
 }
 
 // chaosJitter is d ± 30 %, so faults hit the load at different points.
@@ -182,7 +183,12 @@ func chaosProcessorKills(t *testing.T, v chaosVariant, res *chaosResult) {
 	e := newChaosEnv(t, res, chaosEnvOptions{})
 	l := startChaosLoad(t, e, v.load())
 	time.Sleep(v.warmup)
+	hit := 0
 	for range v.processorKills {
+		// Kill while a command is in flight, so it has to come back.
+		if e.waitInFlight(5 * time.Second) {
+			hit++
+		}
 		e.kill(e.processor)
 		time.Sleep(500 * time.Millisecond)
 		if err := e.startProcessor(true); err != nil {
@@ -192,6 +198,7 @@ func chaosProcessorKills(t *testing.T, v chaosVariant, res *chaosResult) {
 		e.faultEnd = time.Now()
 		time.Sleep(chaosJitter(v.between))
 	}
+	res.note("%d of %d kills with a command in flight", hit, v.processorKills)
 	time.Sleep(v.after)
 	chaosFinish(t, e, l)
 }
@@ -307,7 +314,7 @@ func chaosQueueRestart(t *testing.T, v chaosVariant, res *chaosResult) {
 	before := startChaosLoad(t, e, v.load())
 	time.Sleep(v.warmup + v.between)
 	before.stop()
-	acc, _, _, _, _ := before.snapshot()
+	acc, _, _, _, _, _ := before.snapshot()
 	e.settle(acc, chaosSettleTimeout)
 	if done, _, why := e.settled(context.Background(), acc); !done {
 		res.problem("did not drain before the restart: %s", why)
@@ -348,7 +355,7 @@ func chaosReadyz(addr string) error {
 // at most one of each applies, the rest are recorded rejections.
 func chaosPayCancelRace(t *testing.T, v chaosVariant, res *chaosResult) {
 	e := newChaosEnv(t, res, chaosEnvOptions{})
-	l := startChaosLoad(t, e, chaosLoadOptions{creators: 3, rate: v.rate, race: true, immediate: true, resendShare: 0.1})
+	l := startChaosLoad(t, e, chaosLoadOptions{creators: 3, rate: v.rate, race: true, immediate: true, resendShare: 0.1, replayShare: 0.1})
 	time.Sleep(v.raceFor)
 	chaosFinish(t, e, l)
 	if res.rejected == 0 && res.pass() {

@@ -234,13 +234,7 @@ func (failingDelete) DeleteMessage(context.Context, *sqs.DeleteMessageInput, ...
 func TestRedriveAllIsIdempotent(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	prefix := randomName("dlq")
-	q := sys.queues
-	q.CommandQueue, q.DeadLetterQueue, q.NotificationQueue = prefix+"-c.fifo", prefix+"-d.fifo", prefix+"-n.fifo"
-	urls, err := queue.EnsureQueues(ctx, sys.sqs, q)
-	if err != nil {
-		t.Fatal(err)
-	}
+	q, urls := ownQueues(t, "dlq")
 	env := []string{"SQS_COMMAND_QUEUE=" + q.CommandQueue, "SQS_DEAD_LETTER_QUEUE=" + q.DeadLetterQueue, "SQS_NOTIFICATION_QUEUE=" + q.NotificationQueue}
 
 	orderID := uuid.NewString()

@@ -112,13 +112,7 @@ func TestProcessorWaitsForItsMigration(t *testing.T) {
 	t.Cleanup(func() { sys.db.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+dbName+" WITH (FORCE)") })
 	dbURL := strings.Replace(sys.dbURL, sys.dbURL[strings.LastIndex(sys.dbURL, "/")+1:strings.Index(sys.dbURL, "?")], dbName, 1)
 
-	prefix := randomName("late")
-	q := sys.queues
-	q.CommandQueue, q.DeadLetterQueue, q.NotificationQueue = prefix+"-c.fifo", prefix+"-d.fifo", prefix+"-n.fifo"
-	urls, err := queue.EnsureQueues(ctx, sys.sqs, q)
-	if err != nil {
-		t.Fatal(err)
-	}
+	q, urls := ownQueues(t, "late")
 	ingestHTTP, procHTTP := freeAddr(), freeAddr()
 	ing, err := sys.start("ingest", sys.ingestEnv(q, ingestHTTP, freeAddr()))
 	if err != nil {
@@ -183,13 +177,7 @@ func TestProcessorWaitsForItsMigration(t *testing.T) {
 func TestPayWaitsForItsCreateLeftInFlight(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	prefix := randomName("inflight")
-	q := sys.queues
-	q.CommandQueue, q.DeadLetterQueue, q.NotificationQueue = prefix+"-c.fifo", prefix+"-d.fifo", prefix+"-n.fifo"
-	urls, err := queue.EnsureQueues(ctx, sys.sqs, q)
-	if err != nil {
-		t.Fatal(err)
-	}
+	q, urls := ownQueues(t, "inflight")
 	ingestHTTP := freeAddr()
 	ing, err := sys.start("ingest", sys.ingestEnv(q, ingestHTTP, freeAddr()))
 	if err != nil {

@@ -235,6 +235,20 @@ func startStack(bin string) (*stack, error) {
 	return s, nil
 }
 
+// ownQueues is the stack's queue configuration with queues of a test's
+// own, created on the stack's emulator.
+func ownQueues(t *testing.T, prefix string) (queue.Config, queue.URLs) {
+	t.Helper()
+	q := sys.queues
+	p := randomName(prefix)
+	q.CommandQueue, q.DeadLetterQueue, q.NotificationQueue = p+"-c.fifo", p+"-d.fifo", p+"-n.fifo"
+	urls, err := queue.EnsureQueues(context.Background(), sys.sqs, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q, urls
+}
+
 func hostPort(dbURL string) (string, error) {
 	rest := dbURL[strings.Index(dbURL, "@")+1:]
 	if i := strings.Index(rest, "/"); i > 0 {

@@ -26,6 +26,11 @@ type gate struct {
 	paused chan struct{}
 	// held are messages received after Stop, given back by GiveBack.
 	held []*message.Message
+	// gaveBack is set once GiveBack has run: a message a still-open long
+	// poll returns later is given back at once, but only once per message,
+	// so draining adds at most two receives to any message's count.
+	gaveBack bool
+	given    map[string]bool
 }
 
 func newGate(sub message.Subscriber, giveBack func(*message.Message)) *gate {
@@ -95,8 +100,16 @@ func (g *gate) release() {
 
 func (g *gate) hold(msg *message.Message) {
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.held = append(g.held, msg)
+	if !g.gaveBack || g.given[msg.UUID] {
+		// Held: until GiveBack, or, if given back once already, until its
+		// visibility timeout (another give-back would be another receive).
+		g.held = append(g.held, msg)
+		g.mu.Unlock()
+		return
+	}
+	g.given[msg.UUID] = true
+	g.mu.Unlock()
+	g.giveBack(msg)
 }
 
 // GiveBack returns the messages received after Stop to the queue at once,
@@ -106,6 +119,13 @@ func (g *gate) GiveBack() {
 	g.mu.Lock()
 	held := g.held
 	g.held = nil
+	if g.given == nil {
+		g.given = map[string]bool{}
+	}
+	for _, m := range held {
+		g.given[m.UUID] = true
+	}
+	g.gaveBack = true
 	g.mu.Unlock()
 	for _, m := range held {
 		g.giveBack(m)

@@ -102,3 +102,37 @@ func TestGatePauses(t *testing.T) {
 		t.Fatal("held message neither given back nor handed out after Stop")
 	}
 }
+
+// After GiveBack, a message a still-open receive returns is given back at
+// once (not held for its visibility timeout), but a message given back
+// once already is not given back again: each give-back costs a receive.
+func TestGateGivesBackLateMessagesOnce(t *testing.T) {
+	pubsub := gochannel.NewGoChannel(gochannel.Config{}, nil)
+	givenBack := make(chan string, 4)
+	g := newGate(pubsub, func(m *message.Message) { givenBack <- m.UUID })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := g.Subscribe(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	g.Stop()
+	if err := g.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	g.GiveBack()
+	go pubsub.Publish("t", message.NewMessage("late", nil))
+	select {
+	case id := <-givenBack:
+		if id != "late" {
+			t.Fatalf("gave back %s", id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a message received after GiveBack was held")
+	}
+	go pubsub.Publish("t", message.NewMessage("late", nil)) // the same one, received again
+	select {
+	case id := <-givenBack:
+		t.Fatalf("gave back %s a second time", id)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
