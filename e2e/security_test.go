@@ -39,9 +39,7 @@ import (
 // overrides its environment.
 func isolatedIngest(t *testing.T, extra ...string) (httpBase, grpcAddr string, depth func() int) {
 	t.Helper()
-	prefix := randomName("sec")
-	q := sys.queues
-	q.CommandQueue, q.DeadLetterQueue, q.NotificationQueue = prefix+"-c.fifo", prefix+"-d.fifo", prefix+"-n.fifo"
+	q, urls := ownQueues(t, "sec")
 	httpAddr, grpcAddr := freeAddr(), freeAddr()
 	p, err := sys.start("ingest", append(sys.ingestEnv(q, httpAddr, grpcAddr), extra...))
 	if err != nil {
@@ -56,11 +54,7 @@ func isolatedIngest(t *testing.T, extra ...string) (httpBase, grpcAddr string, d
 		t.Fatalf("%v\n%s", err, tail(p.out.String(), 20))
 	}
 	depth = func() int {
-		out, err := sys.sqs.GetQueueUrl(context.Background(), &sqs.GetQueueUrlInput{QueueName: aws.String(q.CommandQueue)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		d, err := queue.QueueDepth(context.Background(), sys.sqs, aws.ToString(out.QueueUrl))
+		d, err := queue.QueueDepth(context.Background(), sys.sqs, urls.Command)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,7 +3,6 @@ package auth
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -112,19 +111,11 @@ func (c Config) problem() (variable, msg string) {
 	if c.JWKSURL != "" && c.JWKSFile != "" {
 		return "AUTH_JWKS_FILE", "set only one of AUTH_JWKS_URL and AUTH_JWKS_FILE"
 	}
-	if u, err := url.Parse(c.JWKSURL); c.JWKSURL != "" && err == nil && u.Scheme != "https" && !loopbackHost(u.Hostname()) {
+	if u, err := url.Parse(c.JWKSURL); c.JWKSURL != "" && err == nil && u.Scheme != "https" && !config.LoopbackHost(u.Hostname()) {
 		// Whoever sits between the service and the IdP could serve keys.
 		return "AUTH_JWKS_URL", "must be https unless it is on loopback"
 	}
 	return "", ""
-}
-
-func loopbackHost(h string) bool {
-	if h == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
 }
 
 func (c Config) withDefaults() Config {

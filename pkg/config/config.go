@@ -212,3 +212,13 @@ func (e *Env) Secret(name string, minLen int) string {
 	}
 	return v
 }
+
+// LoopbackHost reports whether host (a name or an IP, no port) is this
+// machine's loopback: localhost, 127.0.0.0/8 or ::1.
+func LoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

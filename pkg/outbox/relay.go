@@ -18,7 +18,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/aws/smithy-go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/omsdev/oms/pkg/metrics"
@@ -58,19 +57,7 @@ func IsPermanent(err error) bool {
 	if errors.Is(err, ErrUnsendable) || errors.Is(err, queue.ErrNoGroupID) {
 		return true
 	}
-	var ae smithy.APIError
-	return errors.As(err, &ae) && refusedCodes[ae.ErrorCode()]
-}
-
-// refusedCodes are SQS errors about the message itself (as pkg/queue's
-// batch publisher reads them): resending it will not help.
-var refusedCodes = map[string]bool{
-	"InvalidMessageContents":      true,
-	"InvalidParameterValue":       true,
-	"MissingParameter":            true,
-	"InvalidAttributeName":        true,
-	"InvalidAttributeValue":       true,
-	"InvalidParameterCombination": true,
+	return queue.Refused(err)
 }
 
 // RelayConfig tunes the relay. A zero field takes its default.
@@ -546,8 +533,7 @@ func (r *Relay) sampleParked(ctx context.Context, now bool) {
 		return
 	}
 	r.statsAt = time.Now()
-	var n int64
-	if err := r.db.QueryRowContext(ctx, `SELECT count(*) FROM watermill_outbox WHERE parked_at IS NOT NULL`).Scan(&n); err == nil {
-		parkedRows.Set(float64(n))
+	if s, err := ReadStats(ctx, r.db); err == nil {
+		parkedRows.Set(float64(s.Parked))
 	}
 }

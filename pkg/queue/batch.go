@@ -287,7 +287,7 @@ func (p *BatchPublisher) sendOne(ctx context.Context, e *entry) error {
 		MessageDeduplicationId: e.req.MessageDeduplicationId,
 	})
 	var apiErr smithy.APIError
-	if errors.As(err, &apiErr) && refusedCodes[apiErr.ErrorCode()] {
+	if Refused(err) && errors.As(err, &apiErr) {
 		return &SendError{Code: apiErr.ErrorCode(), Message: apiErr.ErrorMessage(), SenderFault: true}
 	}
 	if err != nil {
@@ -296,8 +296,14 @@ func (p *BatchPublisher) sendOne(ctx context.Context, e *entry) error {
 	return nil
 }
 
-// refusedCodes are SQS errors about the message itself: resending it will
-// not help, the request must change.
+// Refused reports whether SQS refused the message itself: resending it
+// will not help, the request must change.
+func Refused(err error) bool {
+	var apiErr smithy.APIError
+	return errors.As(err, &apiErr) && refusedCodes[apiErr.ErrorCode()]
+}
+
+// refusedCodes are SQS errors about the message itself.
 var refusedCodes = map[string]bool{
 	"InvalidMessageContents":      true,
 	"InvalidParameterValue":       true,

@@ -136,10 +136,14 @@ func TestServerEdges(t *testing.T) {
 	admin := "http://" + srv.AdminAddr()
 	for _, path := range []string{"/healthz", "/readyz"} {
 		for _, b := range []string{base, admin} {
-			if resp, err := http.Get(b + path); err != nil || resp.StatusCode != http.StatusOK {
-				t.Errorf("GET %s%s: %v %v", b, path, resp, err)
-			} else {
-				resp.Body.Close()
+			resp, err := http.Get(b + path)
+			if err != nil {
+				t.Errorf("GET %s%s: %v", b, path, err)
+				continue
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("GET %s%s: %d", b, path, resp.StatusCode)
 			}
 		}
 	}

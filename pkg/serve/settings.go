@@ -270,14 +270,7 @@ func (s Settings) plaintextBeyondLoopback() bool {
 // anywhere.
 func isLoopback(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return err == nil && config.LoopbackHost(host)
 }
 
 func loadCAs(file string) (*x509.CertPool, error) {

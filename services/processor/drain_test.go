@@ -12,15 +12,7 @@ import (
 // The gate hands out messages until stopped, then waits for the ones in
 // flight; messages arriving after Stop are held, not handed out.
 func TestGateDrains(t *testing.T) {
-	pubsub := gochannel.NewGoChannel(gochannel.Config{}, nil)
-	givenBack := make(chan string, 1)
-	g := newGate(pubsub, func(m *message.Message) { givenBack <- m.UUID })
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	out, err := g.Subscribe(ctx, "t")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pubsub, g, out, givenBack := subscribedGate(t)
 	go pubsub.Publish("t", message.NewMessage("1", nil))
 	first := <-out
 
@@ -57,15 +49,7 @@ func TestGateDrains(t *testing.T) {
 // A paused gate holds messages back until Resume; stopping it while paused
 // gives the held message back.
 func TestGatePauses(t *testing.T) {
-	pubsub := gochannel.NewGoChannel(gochannel.Config{}, nil)
-	givenBack := make(chan string, 1)
-	g := newGate(pubsub, func(m *message.Message) { givenBack <- m.UUID })
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	out, err := g.Subscribe(ctx, "t")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pubsub, g, out, givenBack := subscribedGate(t)
 	if !g.Pause() {
 		t.Fatal("Pause of a running gate")
 	}
@@ -107,14 +91,7 @@ func TestGatePauses(t *testing.T) {
 // once (not held for its visibility timeout), but a message given back
 // once already is not given back again: each give-back costs a receive.
 func TestGateGivesBackLateMessagesOnce(t *testing.T) {
-	pubsub := gochannel.NewGoChannel(gochannel.Config{}, nil)
-	givenBack := make(chan string, 4)
-	g := newGate(pubsub, func(m *message.Message) { givenBack <- m.UUID })
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if _, err := g.Subscribe(ctx, "t"); err != nil {
-		t.Fatal(err)
-	}
+	pubsub, g, _, givenBack := subscribedGate(t)
 	g.Stop()
 	if err := g.Wait(context.Background()); err != nil {
 		t.Fatal(err)
@@ -135,4 +112,20 @@ func TestGateGivesBackLateMessagesOnce(t *testing.T) {
 		t.Fatalf("gave back %s a second time", id)
 	case <-time.After(200 * time.Millisecond):
 	}
+}
+
+// subscribedGate is a gate over an in-memory pub/sub, subscribed to "t",
+// recording the messages it gives back.
+func subscribedGate(t *testing.T) (*gochannel.GoChannel, *gate, <-chan *message.Message, chan string) {
+	t.Helper()
+	pubsub := gochannel.NewGoChannel(gochannel.Config{}, nil)
+	givenBack := make(chan string, 4)
+	g := newGate(pubsub, func(m *message.Message) { givenBack <- m.UUID })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	out, err := g.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pubsub, g, out, givenBack
 }

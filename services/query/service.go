@@ -107,11 +107,16 @@ func (s *queryService) ListOrders(ctx context.Context, req *omsv1.ListOrdersRequ
 	resp := &omsv1.ListOrdersResponse{}
 	bytes := 0
 	for i, o := range orders {
-		p := orderpb.Order(o)
-		mask.apply(p)
-		// Cut the page where the next order would pass the size bound (one
-		// order always fits: orders are validated far below it).
-		if bytes += proto.Size(p) + 8; i == size || (i > 0 && bytes > s.maxPageBytes) {
+		// The row past size only says there is a next page. Otherwise cut
+		// where the next order would pass the size bound (one order always
+		// fits: orders are validated far below it).
+		var p *omsv1.Order
+		if i < size {
+			p = orderpb.Order(o)
+			mask.apply(p)
+			bytes += proto.Size(p) + 8
+		}
+		if i == size || (i > 0 && bytes > s.maxPageBytes) {
 			last := orders[i-1]
 			resp.NextPageToken = encodeToken(scope, listToken{CreateTime: last.CreateTime, ID: last.ID})
 			break
@@ -148,8 +153,12 @@ func (s *queryService) ListOrderEvents(ctx context.Context, req *omsv1.ListOrder
 	resp := &omsv1.ListOrderEventsResponse{}
 	bytes := 0
 	for i, e := range evs {
-		p := orderpb.Event(e)
-		if bytes += proto.Size(p) + 8; i == size || (i > 0 && bytes > s.maxPageBytes) {
+		var p *omsv1.OrderEvent
+		if i < size {
+			p = orderpb.Event(e)
+			bytes += proto.Size(p) + 8
+		}
+		if i == size || (i > 0 && bytes > s.maxPageBytes) {
 			resp.NextPageToken = encodeToken(id, eventsToken{AfterSeq: evs[i-1].Seq})
 			break
 		}
