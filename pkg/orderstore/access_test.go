@@ -8,6 +8,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/omsdev/oms/pkg/order"
+	"github.com/omsdev/oms/pkg/orderapp"
 	"github.com/omsdev/oms/pkg/orderstore"
 )
 
@@ -28,8 +29,8 @@ func TestKeysAreScopedToThePrincipal(t *testing.T) {
 	body := b.Body.(order.CreateOrder)
 	body.CustomerID = "c-2"
 	b.Body = body
-	mustApply(t, s, a, orderstore.Applied)
-	mustApply(t, s, b, orderstore.Applied)
+	mustApply(t, s, a, orderapp.Applied)
+	mustApply(t, s, b, orderapp.Applied)
 	for _, c := range []order.Command{a, b} {
 		o, err := s.Get(context.Background(), c.OrderID, nil, staff)
 		if err != nil || o.State != order.StateCreated || o.CreatedBy != c.Actor.ID {
@@ -44,13 +45,13 @@ func TestCommandOnAnotherOwnersOrderIsRefused(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	id := uuid.NewString()
-	mustApply(t, s, as(customerA, createCmd(id)), orderstore.Applied)
+	mustApply(t, s, as(customerA, createCmd(id)), orderapp.Applied)
 	before := events(t, s, id)
 
 	for _, body := range []order.Body{
 		order.PayOrder{Reference: "x", AmountMinor: 2950}, order.CancelOrder{Reason: "mine now"}, order.DeliverOrder{},
 	} {
-		res := mustApply(t, s, as(customerB, cmd(id, body)), orderstore.Refused)
+		res := mustApply(t, s, as(customerB, cmd(id, body)), orderapp.Refused)
 		if res.Order != nil || res.Event.Seq != 0 {
 			t.Errorf("a refusal reports the victim's order: %+v", res)
 		}
@@ -60,9 +61,9 @@ func TestCommandOnAnotherOwnersOrderIsRefused(t *testing.T) {
 	cb := c.Body.(order.CreateOrder)
 	cb.CustomerID = "c-2"
 	c.Body = cb
-	mustApply(t, s, c, orderstore.Refused)
+	mustApply(t, s, c, orderapp.Refused)
 	// A service client that did not create it, without the staff scope.
-	mustApply(t, s, as(order.Actor{ID: "service:other"}, cmd(id, order.ShipOrder{Carrier: "UPS", TrackingNumber: "1"})), orderstore.Refused)
+	mustApply(t, s, as(order.Actor{ID: "service:other"}, cmd(id, order.ShipOrder{Carrier: "UPS", TrackingNumber: "1"})), orderapp.Refused)
 
 	if after := events(t, s, id); len(after) != len(before) {
 		t.Fatalf("the victim's history grew from %d to %d entries", len(before), len(after))
@@ -72,7 +73,7 @@ func TestCommandOnAnotherOwnersOrderIsRefused(t *testing.T) {
 		t.Fatalf("the victim's order changed: %+v", o)
 	}
 	// The owner still acts on it.
-	mustApply(t, s, as(customerA, cmd(id, order.CancelOrder{Reason: "changed my mind"})), orderstore.Applied)
+	mustApply(t, s, as(customerA, cmd(id, order.CancelOrder{Reason: "changed my mind"})), orderapp.Applied)
 }
 
 func TestCustomerCreatesOnlyForItself(t *testing.T) {
@@ -82,7 +83,7 @@ func TestCustomerCreatesOnlyForItself(t *testing.T) {
 	cb := c.Body.(order.CreateOrder)
 	cb.CustomerID = "c-2"
 	c.Body = cb
-	mustApply(t, s, c, orderstore.Refused)
+	mustApply(t, s, c, orderapp.Refused)
 	if _, err := s.Get(context.Background(), c.OrderID, nil, staff); !errors.Is(err, orderstore.ErrNotFound) {
 		t.Fatalf("refused create left an order: %v", err)
 	}
@@ -94,20 +95,20 @@ func TestRepeatedRejectionsAreBounded(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	id := uuid.NewString()
-	mustApply(t, s, as(customerA, createCmd(id)), orderstore.Applied)
+	mustApply(t, s, as(customerA, createCmd(id)), orderapp.Applied)
 	for range 50 {
-		res := mustApply(t, s, as(customerA, cmd(id, order.DeliverOrder{})), orderstore.Rejected)
+		res := mustApply(t, s, as(customerA, cmd(id, order.DeliverOrder{})), orderapp.Rejected)
 		if res.Reason == "" {
 			t.Fatal("a rejection without its reason")
 		}
 	}
-	mustApply(t, s, as(customerA, cmd(id, order.ShipOrder{Carrier: "UPS", TrackingNumber: "1"})), orderstore.Rejected)
+	mustApply(t, s, as(customerA, cmd(id, order.ShipOrder{Carrier: "UPS", TrackingNumber: "1"})), orderapp.Rejected)
 	if got := eventTypes(events(t, s, id)); got != "order.created,command.rejected,command.rejected" {
 		t.Fatalf("history %s, want the create and one rejection per kind", got)
 	}
 	// A new version may record the kind again.
-	mustApply(t, s, as(customerA, cmd(id, order.PayOrder{Reference: "p", AmountMinor: 2950})), orderstore.Applied)
-	mustApply(t, s, as(customerA, cmd(id, order.DeliverOrder{})), orderstore.Rejected)
+	mustApply(t, s, as(customerA, cmd(id, order.PayOrder{Reference: "p", AmountMinor: 2950})), orderapp.Applied)
+	mustApply(t, s, as(customerA, cmd(id, order.DeliverOrder{})), orderapp.Rejected)
 	if n := len(events(t, s, id)); n != 5 {
 		t.Fatalf("%d entries after a rejection at a new version, want 5", n)
 	}
@@ -119,16 +120,16 @@ func TestReusedKeyNeverTouchesAnotherOwnersOrder(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	victim, own := uuid.NewString(), uuid.NewString()
-	mustApply(t, s, as(customerA, createCmd(victim)), orderstore.Applied)
+	mustApply(t, s, as(customerA, createCmd(victim)), orderapp.Applied)
 	ownCreate := as(customerB, createCmd(own))
 	cb := ownCreate.Body.(order.CreateOrder)
 	cb.CustomerID = "c-2"
 	ownCreate.Body = cb
-	mustApply(t, s, ownCreate, orderstore.Applied)
+	mustApply(t, s, ownCreate, orderapp.Applied)
 	before := len(events(t, s, victim))
 	reuse := as(customerB, cmd(victim, order.CancelOrder{Reason: "x"}))
 	reuse.ID = ownCreate.ID
-	if res := mustApply(t, s, reuse, orderstore.Duplicate); !res.Mismatch {
+	if res := mustApply(t, s, reuse, orderapp.Duplicate); !res.Mismatch {
 		t.Fatal("not flagged as a reused key")
 	}
 	if after := len(events(t, s, victim)); after != before {
@@ -153,7 +154,7 @@ func TestReadsAreOwnerScoped(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	id := uuid.NewString()
-	mustApply(t, s, as(customerA, createCmd(id)), orderstore.Applied)
+	mustApply(t, s, as(customerA, createCmd(id)), orderapp.Applied)
 	for _, a := range []order.Actor{customerB, storefront, {}} {
 		if _, err := s.Get(ctx, id, nil, a); !errors.Is(err, orderstore.ErrNotFound) {
 			t.Errorf("Get as %q: %v, want ErrNotFound", a.ID, err)

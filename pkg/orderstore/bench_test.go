@@ -40,7 +40,7 @@ func BenchmarkApplyCreate(b *testing.B) {
 	if ceilingErr != nil {
 		b.Fatal(ceilingErr)
 	}
-	s := orderstore.New(db, nil)
+	s := newApp(db)
 	db.SetMaxOpenConns(clients)
 	b.SetParallelism((clients + 1) / 2) // 8 goroutines on 2 cores
 	b.ResetTimer()

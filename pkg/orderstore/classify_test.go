@@ -20,7 +20,7 @@ func TestClassifyRealErrors(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	db := dbtest.New(t)
-	s := orderstore.New(db, nil)
+	s := newApp(db)
 	exec := func(q string) error { _, err := db.ExecContext(ctx, q); return err }
 
 	_, notFound := s.Apply(ctx, cmd(uuid.NewString(), order.PayOrder{Reference: "r", AmountMinor: 1}))

@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/omsdev/oms/pkg/order"
+	"github.com/omsdev/oms/pkg/orderapp"
 	"github.com/omsdev/oms/pkg/orderstore"
 )
 
@@ -25,7 +26,7 @@ func TestListPagesEveryOrderOnceWhileInserting(t *testing.T) {
 			existing := map[string]bool{}
 			for range initial {
 				id := uuid.NewString()
-				mustApply(t, s, createCmd(id), orderstore.Applied)
+				mustApply(t, s, createCmd(id), orderapp.Applied)
 				existing[id] = true
 			}
 
@@ -103,9 +104,9 @@ func TestListFilters(t *testing.T) {
 			b.CustomerID = "c-2"
 			c.Body = b
 		}
-		mustApply(t, s, c, orderstore.Applied)
+		mustApply(t, s, c, orderapp.Applied)
 		if i < 2 {
-			mustApply(t, s, cmd(id, order.PayOrder{Reference: "r", AmountMinor: 2950}), orderstore.Applied)
+			mustApply(t, s, cmd(id, order.PayOrder{Reference: "r", AmountMinor: 2950}), orderapp.Applied)
 		}
 		ids = append(ids, id)
 	}

@@ -1,11 +1,14 @@
 package orderstore
 
 import (
+	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/uptrace/bun"
 
 	"github.com/omsdev/oms/pkg/order"
+	"github.com/omsdev/oms/pkg/orderapp"
 )
 
 type orderRow struct {
@@ -75,6 +78,42 @@ type commandRow struct {
 	Reason      string    `bun:"reason"`
 	Fingerprint []byte    `bun:"fingerprint"`
 	ProcessedAt time.Time `bun:"processed_at"`
+}
+
+// outboxRow is a row of the outbox that pkg/outbox relays: the table is
+// the contract between the two, as watermill-sql's is.
+type outboxRow struct {
+	bun.BaseModel `bun:"table:watermill_outbox"`
+
+	UUID        string  `bun:"uuid"`
+	Destination string  `bun:"destination"`
+	GroupID     *string `bun:"group_id"` // NULL: no order to keep
+	Body        []byte  `bun:"body"`
+	// Metadata is JSON text: bun writes arguments into the SQL, and a
+	// string becomes a literal PostgreSQL casts to json.
+	Metadata string `bun:"metadata"`
+}
+
+func toOutboxRow(n *orderapp.Notification) (*outboxRow, error) {
+	if n.Destination == "" {
+		return nil, fmt.Errorf("notification %s: no destination", n.ID)
+	}
+	meta := n.Metadata
+	if meta == nil {
+		meta = map[string]string{}
+	}
+	metaJSON, err := json.Marshal(meta)
+	if err != nil {
+		return nil, fmt.Errorf("notification %s: metadata: %w", n.ID, err)
+	}
+	r := &outboxRow{UUID: n.ID, Destination: n.Destination, Body: n.Body, Metadata: string(metaJSON)}
+	if n.GroupID != "" {
+		r.GroupID = &n.GroupID
+	}
+	if r.Body == nil {
+		r.Body = []byte{}
+	}
+	return r, nil
 }
 
 func toRow(o *order.Order, lastSeq int64) *orderRow {

@@ -8,7 +8,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/omsdev/oms/pkg/order"
-	"github.com/omsdev/oms/pkg/orderstore"
+	"github.com/omsdev/oms/pkg/orderapp"
 )
 
 // big is 2^53+1, the first integer a float64 cannot hold: read through a
@@ -25,12 +25,12 @@ func TestEventPayloadsKeepExactMoney(t *testing.T) {
 		{SKU: "SKU-1", Name: "Ingot", Quantity: 9007, UnitPriceMinor: 1_000_000_000_000},
 		{SKU: "SKU-2", Name: "Crate", Quantity: 1, UnitPriceMinor: 199_254_740_993},
 	}})
-	if res := mustApply(t, s, create, orderstore.Applied); res.Order.TotalMinor != big {
+	if res := mustApply(t, s, create, orderapp.Applied); res.Order.TotalMinor != big {
 		t.Fatalf("total %d, want %d", res.Order.TotalMinor, int64(big))
 	}
-	mustApply(t, s, cmd(id, order.PayOrder{Reference: "ch_big", AmountMinor: big}), orderstore.Applied)
-	mustApply(t, s, cmd(id, order.CancelOrder{Reason: "too much"}), orderstore.Applied)
-	mustApply(t, s, cmd(id, order.PayOrder{Reference: "again", AmountMinor: big}), orderstore.Rejected)
+	mustApply(t, s, cmd(id, order.PayOrder{Reference: "ch_big", AmountMinor: big}), orderapp.Applied)
+	mustApply(t, s, cmd(id, order.CancelOrder{Reason: "too much"}), orderapp.Applied)
+	mustApply(t, s, cmd(id, order.PayOrder{Reference: "again", AmountMinor: big}), orderapp.Rejected)
 
 	want := []order.Payload{
 		order.CreatedPayload{CurrencyCode: "USD", TotalMinor: big, LineItems: 2},
@@ -67,7 +67,7 @@ func TestEventPayloadsReadRowsWrittenAsMaps(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	id := uuid.NewString()
-	mustApply(t, s, createCmd(id), orderstore.Applied) // seq 1, for the order row
+	mustApply(t, s, createCmd(id), orderapp.Applied) // seq 1, for the order row
 
 	// What json.Marshal(map[string]any{...}) wrote: sorted keys.
 	old := []struct {

@@ -8,7 +8,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/omsdev/oms/pkg/order"
-	"github.com/omsdev/oms/pkg/orderstore"
+	"github.com/omsdev/oms/pkg/orderapp"
 )
 
 // A raw create from the queue carrying NUL or invalid UTF-8 (which no API
@@ -35,7 +35,7 @@ func TestCreateWithUnstorableTextBecomesRejectedOrder(t *testing.T) {
 		create := c.Body.(order.CreateOrder)
 		create.CustomerID, create.Currency = tc.customer, tc.currency
 		c.Body = create
-		res := mustApply(t, s, c, orderstore.Rejected)
+		res := mustApply(t, s, c, orderapp.Rejected)
 		if res.Reason == "" {
 			t.Errorf("%s: rejected without a reason", tc.name)
 		}
@@ -50,6 +50,6 @@ func TestCreateWithUnstorableTextBecomesRejectedOrder(t *testing.T) {
 			t.Errorf("%s: history %+v, want one rejection", tc.name, evs)
 		}
 		// The same command again is a duplicate, not a second order.
-		mustApply(t, s, c, orderstore.Duplicate)
+		mustApply(t, s, c, orderapp.Duplicate)
 	}
 }

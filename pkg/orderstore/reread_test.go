@@ -7,6 +7,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/omsdev/oms/pkg/dbtest"
+	"github.com/omsdev/oms/pkg/orderapp"
 	"github.com/omsdev/oms/pkg/orderstore"
 )
 
@@ -17,9 +18,9 @@ func TestReadsSurviveABrokenPooledConnection(t *testing.T) {
 	ctx := context.Background()
 	db := dbtest.New(t)
 	db.SetMaxOpenConns(1) // one connection, so we know which one to break
-	s := orderstore.New(db, nil)
+	s := newApp(db)
 	id := uuid.NewString()
-	mustApply(t, s, createCmd(id), orderstore.Applied)
+	mustApply(t, s, createCmd(id), orderapp.Applied)
 
 	admin := orderstore.Open(dbtest.URL())
 	defer admin.Close()

@@ -1,28 +1,31 @@
-// Package orderstore keeps orders, their history and the idempotency
-// record in PostgreSQL through Bun.
+// Package orderstore keeps orders, their history and the commands' records
+// in PostgreSQL through Bun: the orderapp Repository (each command read in
+// one statement and written in one) and the reads the query service
+// serves.
 package orderstore
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
-	"time"
+	"reflect"
+	"strings"
 
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
 	"github.com/uptrace/bun/driver/pgdriver"
 
 	"github.com/omsdev/oms/pkg/order"
+	"github.com/omsdev/oms/pkg/orderapp"
 )
 
 var (
-	// ErrNotFound: no order has that id.
-	ErrNotFound = errors.New("order not found")
-	// ErrConflict: another transaction changed the order first (the version
+	// ErrNotFound: no order has that id (or none the reader may see).
+	ErrNotFound = orderapp.ErrNotFound
+	// ErrConflict: another writer changed the order first (the version
 	// guard failed, or a concurrent create won). Retrying is safe.
-	ErrConflict = errors.New("order changed concurrently")
+	ErrConflict = orderapp.ErrConflict
 )
 
 // Open connects to PostgreSQL. Options after the DSN override it, e.g.
@@ -42,305 +45,166 @@ func OpenPool(dsn string, maxConns int) *bun.DB {
 	return db
 }
 
-// TxHook runs inside a command's transaction after the order and its event
-// are written; returning an error rolls everything back. The processor uses
-// it to write notifications to the outbox.
-type TxHook func(ctx context.Context, tx bun.Tx, r Result) error
-
 // Store reads and writes orders.
 type Store struct {
-	db   *bun.DB
-	hook TxHook
-	now  func() time.Time
+	db *bun.DB
 }
 
-// New returns a Store. hook may be nil.
-func New(db *bun.DB, hook TxHook) *Store {
-	return &Store{db: db, hook: hook, now: func() time.Time {
-		// PostgreSQL keeps microseconds; keyset cursors must compare equal.
-		return time.Now().UTC().Truncate(time.Microsecond)
-	}}
-}
+// New returns a Store.
+func New(db *bun.DB) *Store { return &Store{db: db} }
 
 // DB exposes the handle for health checks and the outbox relay.
 func (s *Store) DB() *bun.DB { return s.db }
 
-// Outcome says what processing a command did.
-type Outcome string
+var _ orderapp.Repository = (*Store)(nil)
 
-const (
-	Applied  Outcome = "applied"
-	Rejected Outcome = "rejected"
-	// Refused: the command's actor may not touch the order. Nothing was
-	// written to the order or its history; only the command's own record
-	// (scoped to its actor) says so.
-	Refused Outcome = "refused"
-	// Duplicate: the command id was processed before; nothing changed.
-	Duplicate Outcome = "duplicate"
-)
-
-// Result describes a processed command.
-type Result struct {
-	Outcome Outcome
-	// Order is the order after the command; nil for duplicates, refusals
-	// and rejections of commands on orders that do not exist.
-	Order *order.Order
-	// Event is the history entry written; zero (Seq 0) when none was: for
-	// duplicates, refusals, and a rejection already recorded for the
-	// order's version (see recordable).
-	Event order.Event
-	// Reason is why the command was rejected or refused: for duplicates,
-	// the original reason.
-	Reason string
-	// Mismatch is set on a duplicate whose request differs from the one
-	// first processed under that id: a reused idempotency key.
-	Mismatch bool
+// snapshotRow is Load's one row: the order's columns prefixed o_ (all NULL
+// when there is none), the command's record prefixed c_, and whether a
+// rejection is recorded already.
+type snapshotRow struct {
+	Order             orderRow   `bun:"embed:o_"`
+	Prior             commandRow `bun:"embed:c_"`
+	RejectionRecorded bool       `bun:"rejection_recorded"`
 }
 
-// errDuplicate rolls back the transaction of a command already processed.
-var errDuplicate = errors.New("duplicate command")
-
-// Apply processes cmd exactly once, in one transaction: it claims the
-// command id, locks the order, runs the domain decision, writes the order
-// under a version guard, appends the history event and runs the hook.
-//
-// A business rejection is not an error: it is stored and reported as
-// Outcome Rejected. Errors are infrastructure failures, ErrConflict, or
-// ErrNotFound for a non-create command on an order that does not exist.
-func (s *Store) Apply(ctx context.Context, cmd order.Command) (res Result, err error) {
-	defer func() {
-		if err != nil {
-			err = fmt.Errorf("apply command %s (%s) to order %s: %w", cmd.ID, cmd.Kind(), cmd.OrderID, err)
+// loadColumns selects orderRow and commandRow as snapshotRow's embeds.
+var loadColumns = func() string {
+	var b strings.Builder
+	for _, t := range []struct {
+		alias string
+		model any
+	}{{"o", (*orderRow)(nil)}, {"c", (*commandRow)(nil)}} {
+		for _, f := range bun.NewDB(nil, pgdialect.New()).Table(reflect.TypeOf(t.model).Elem()).Fields {
+			fmt.Fprintf(&b, "%s.%s AS %s_%s, ", t.alias, f.SQLName, t.alias, f.Name)
 		}
-	}()
-	err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		var err error
-		res, err = s.apply(ctx, tx, cmd)
-		return err
+	}
+	return b.String()
+}()
+
+// Load reads, in one statement, the order cmd names, the command's record
+// if it was processed before, and whether its rejection would be
+// recorded already.
+func (s *Store) Load(ctx context.Context, cmd order.Command) (orderapp.Snapshot, error) {
+	var row snapshotRow
+	// The command's first statement: a pool of connections the server
+	// dropped (it restarted) is replaced here, not one per attempt.
+	err := s.reread(ctx, func() error {
+		row = snapshotRow{}
+		return s.db.NewRaw(`SELECT `+loadColumns+`
+	EXISTS (SELECT 1 FROM order_events AS e WHERE e.order_id = o.id AND (
+		(e.order_version = o.version AND e.type = ? AND e.command = ?) OR
+		(e.actor = ? AND e.command_id = ? AND e.type IN (?, ?)))) AS rejection_recorded
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN orders AS o ON o.id = ?
+LEFT JOIN processed_commands AS c ON c.principal = ? AND c.command_id = ?`,
+			string(order.EventCommandRejected), string(cmd.Kind()),
+			cmd.Actor.ID, cmd.ID, string(order.EventCommandRejected), string(order.EventOrderRejected),
+			cmd.OrderID, cmd.Actor.ID, cmd.ID).Scan(ctx, &row)
 	})
-	if errors.Is(err, errDuplicate) {
-		return res, nil
+	if err != nil {
+		return orderapp.Snapshot{}, fmt.Errorf("load order and command record: %w", err)
 	}
-	return res, err
+	snap := orderapp.Snapshot{RejectionRecorded: row.RejectionRecorded}
+	if row.Order.ID != "" {
+		o := row.Order.toOrder()
+		snap.Order = &o
+		snap.Version = orderapp.Version{Version: o.Version, LastSeq: row.Order.LastEventSeq}
+	}
+	if p := row.Prior; p.CommandID != "" {
+		snap.Prior = &orderapp.Record{
+			Principal: p.Principal, CommandID: p.CommandID, OrderID: p.OrderID, Command: order.Kind(p.Command),
+			Outcome: orderapp.Outcome(p.Outcome), Reason: p.Reason, Fingerprint: p.Fingerprint, ProcessedAt: p.ProcessedAt,
+		}
+	}
+	return snap, nil
 }
 
-func (s *Store) apply(ctx context.Context, tx bun.Tx, cmd order.Command) (Result, error) {
-	now := s.now()
-	fp := cmd.Fingerprint()
-
-	// Claim the id first: a concurrent duplicate blocks here on the unique
-	// index until this transaction ends, then sees the row and stops. Ids
-	// are per actor: the same key from two callers never collides.
-	claim := &commandRow{
-		Principal: cmd.Actor.ID, CommandID: cmd.ID, OrderID: cmd.OrderID, Command: string(cmd.Kind()),
-		Outcome: string(Applied), Fingerprint: fp, ProcessedAt: now,
+// Save writes c as one statement: each row is a data-modifying WITH
+// query, so they commit together or not at all. An existing order's write
+// is guarded: oms_expect fails the whole statement when the order is no
+// longer at c.Expect. A second claim of the command, a second create of
+// the order or a second event at the same seq fail it on their keys.
+func (s *Store) Save(ctx context.Context, c orderapp.Change) error {
+	q := s.db.NewSelect()
+	if r := c.Claim; r != nil {
+		q = q.With("claim", s.db.NewInsert().Model(&commandRow{
+			Principal: r.Principal, CommandID: r.CommandID, OrderID: r.OrderID, Command: string(r.Command),
+			Outcome: string(r.Outcome), Reason: r.Reason, Fingerprint: r.Fingerprint, ProcessedAt: r.ProcessedAt,
+		}))
 	}
-	r, err := tx.NewInsert().Model(claim).On("CONFLICT (principal, command_id) DO NOTHING").Exec(ctx)
-	if err != nil {
-		return Result{}, fmt.Errorf("claim command: %w", err)
+	seq := int64(0)
+	if c.Event != nil {
+		seq = c.Event.Seq
 	}
-	if n, _ := r.RowsAffected(); n == 0 {
-		return s.duplicate(ctx, tx, cmd, fp, now)
-	}
-
-	cur, lastSeq, err := lockOrder(ctx, tx, cmd.OrderID)
-	if err != nil {
-		return Result{}, err
-	}
-	if cur == nil && cmd.Kind() != order.KindCreate {
-		return Result{}, ErrNotFound
-	}
-	if err := order.Authorize(cur, cmd); err != nil {
-		return Result{Outcome: Refused, Reason: err.Error()}, setOutcome(ctx, tx, cmd, Refused, err.Error())
-	}
-
-	d := order.Decide(cur, cmd, now)
-	res := Result{Outcome: Applied, Order: d.Order}
-	if res.Order == nil {
-		res.Order = cur
-	}
-	if d.Err != nil {
-		res.Outcome, res.Reason = Rejected, d.Err.Error()
-		if err := setOutcome(ctx, tx, cmd, Rejected, res.Reason); err != nil {
-			return Result{}, err
-		}
-		if ok, err := recordable(ctx, tx, cur, cmd); err != nil || !ok {
-			return res, err
-		}
-	}
-
-	seq := lastSeq + 1
 	switch {
-	case d.Order != nil && cur == nil:
-		err = insertOrder(ctx, tx, d.Order, seq)
-	case d.Order != nil:
-		err = updateOrder(ctx, tx, d.Order, cur.Version, seq)
-	default:
-		_, err = tx.NewUpdate().Table("orders").Set("last_event_seq = ?", seq).
-			Where("id = ?", cmd.OrderID).Exec(ctx)
-	}
-	if err != nil {
-		return Result{}, err
-	}
-	res.Event = d.Event
-	return res, s.record(ctx, tx, cmd, &res, seq)
-}
-
-// record appends res.Event to the order's history as entry seq and runs the
-// hook.
-func (s *Store) record(ctx context.Context, tx bun.Tx, cmd order.Command, res *Result, seq int64) error {
-	res.Event.OrderID, res.Event.Seq = cmd.OrderID, seq
-	if _, err := tx.NewInsert().Model(toEventRow(res.Event, cmd.Actor.ID)).Exec(ctx); err != nil {
-		return fmt.Errorf("append event: %w", err)
-	}
-	if s.hook != nil {
-		if err := s.hook(ctx, tx, *res); err != nil {
-			return fmt.Errorf("tx hook: %w", err)
+	case c.Create != nil:
+		q = q.With("new_order", s.db.NewInsert().Model(toRow(c.Create, seq)))
+		if lines := lineRows(c.Create); len(lines) > 0 {
+			q = q.With("new_lines", s.db.NewInsert().Model(&lines))
 		}
-	}
-	return nil
-}
-
-func setOutcome(ctx context.Context, tx bun.Tx, cmd order.Command, o Outcome, reason string) error {
-	_, err := tx.NewUpdate().Model((*commandRow)(nil)).
-		Set("outcome = ?", string(o)).Set("reason = ?", reason).
-		Where("principal = ?", cmd.Actor.ID).Where("command_id = ?", cmd.ID).Exec(ctx)
-	if err != nil {
-		return fmt.Errorf("record %s command: %w", o, err)
-	}
-	return nil
-}
-
-// recordable bounds what rejections can add to an order's history: a
-// command's refusal is recorded at most once, and at most one rejection per command
-// kind for each version of the order. An owner repeating a refused command
-// (with new keys each time) adds nothing more; its outcome stays in the
-// command's own record. With five kinds and at most five versions, a
-// history has a fixed upper size.
-func recordable(ctx context.Context, tx bun.Tx, cur *order.Order, cmd order.Command) (bool, error) {
-	if cur == nil {
-		return true, nil // a rejected create is a new REJECTED order
-	}
-	seen, err := tx.NewSelect().Model((*eventRow)(nil)).
-		Where("order_id = ?", cur.ID).
-		WhereGroup(" AND ", func(q *bun.SelectQuery) *bun.SelectQuery {
-			return q.WhereGroup(" OR ", func(q *bun.SelectQuery) *bun.SelectQuery {
-				return q.Where("order_version = ?", cur.Version).
-					Where("type = ?", string(order.EventCommandRejected)).Where("command = ?", string(cmd.Kind()))
-			}).WhereGroup(" OR ", func(q *bun.SelectQuery) *bun.SelectQuery {
-				return q.Where("actor = ?", cmd.Actor.ID).Where("command_id = ?", cmd.ID).
-					Where("type IN (?)", bun.In([]string{string(order.EventCommandRejected), string(order.EventOrderRejected)}))
-			})
-		}).Exists(ctx)
-	if err != nil {
-		return false, fmt.Errorf("look for a recorded rejection: %w", err)
-	}
-	return !seen, nil
-}
-
-// duplicate handles a command id seen before. A plain redelivery changes
-// nothing. A reused id carrying a different request is not applied either,
-// but the client was told "accepted", so the order's history records the
-// refusal, once.
-func (s *Store) duplicate(ctx context.Context, tx bun.Tx, cmd order.Command, fp []byte, now time.Time) (Result, error) {
-	var prev commandRow
-	err := tx.NewSelect().Model(&prev).Where("principal = ?", cmd.Actor.ID).Where("command_id = ?", cmd.ID).Scan(ctx)
-	if err != nil {
-		return Result{}, fmt.Errorf("load processed command: %w", err)
-	}
-	res := Result{Outcome: Duplicate, Reason: prev.Reason, Mismatch: !bytes.Equal(prev.Fingerprint, fp)}
-	if !res.Mismatch {
-		return res, errDuplicate
-	}
-	cur, lastSeq, err := lockOrder(ctx, tx, cmd.OrderID)
-	if err != nil {
-		return Result{}, err
-	}
-	// Only the actor's own orders hear about its reused key.
-	if order.Authorize(cur, cmd) != nil {
-		return res, errDuplicate
-	}
-	refusal := &order.PreconditionError{Reason: fmt.Sprintf(
-		"request id %s was already used for a different request; this one was not applied", cmd.ID)}
-	if cur != nil {
-		if ok, err := recordable(ctx, tx, cur, cmd); err != nil || !ok {
-			if err != nil {
-				return Result{}, err
-			}
-			return res, errDuplicate
+	case c.Expect != nil:
+		upd := s.db.NewUpdate()
+		switch {
+		case c.Update != nil:
+			// Lines and create_time never change after create.
+			upd = upd.Model(toRow(c.Update, seq)).
+				ExcludeColumn("id", "customer_id", "currency_code", "subtotal_minor", "total_minor", "shipping_address", "create_time", "created_by").
+				WherePK()
+		case c.Event != nil:
+			upd = upd.Table("orders").Set("last_event_seq = ?", seq).Where("id = ?", c.OrderID)
+		default:
+			// Nothing changes, but the decision was made on this version.
+			upd = upd.Table("orders").Set("version = version").Where("id = ?", c.OrderID)
 		}
-		res.Order = cur
-		res.Event = order.Event{
-			Type: order.EventCommandRejected, From: cur.State, To: cur.State, CommandID: cmd.ID, Command: cmd.Kind(),
-			Reason: refusal.Reason, OccurTime: now, OrderVersion: cur.Version,
-		}
-		_, err = tx.NewUpdate().Table("orders").Set("last_event_seq = ?", lastSeq+1).Where("id = ?", cmd.OrderID).Exec(ctx)
+		q = q.With("guarded", upd.Where("version = ?", c.Expect.Version).Where("last_event_seq = ?", c.Expect.LastSeq).Returning("1"))
+	}
+	if c.Event != nil {
+		q = q.With("event", s.db.NewInsert().Model(toEventRow(*c.Event, c.Actor)))
+	}
+	if n := c.Notification; n != nil {
+		row, err := toOutboxRow(n)
 		if err != nil {
-			return Result{}, fmt.Errorf("record reused request id: %w", err)
+			return err
 		}
+		q = q.With("notification", s.db.NewInsert().Model(row))
+	}
+	if c.Expect != nil && c.Create == nil {
+		q = q.ColumnExpr("oms_expect(EXISTS (SELECT 1 FROM guarded), 'order changed concurrently')")
 	} else {
-		// A create naming a new order: without a record the order would be
-		// a 404 forever. It becomes a REJECTED order saying why.
-		create, ok := cmd.Body.(order.CreateOrder)
-		if !ok {
-			return res, errDuplicate // no order to record it on
-		}
-		d := order.RejectCreate(cmd, create, now, refusal)
-		res.Order, res.Event = d.Order, d.Event
-		if err := insertOrder(ctx, tx, d.Order, 1); err != nil {
-			return Result{}, err
-		}
+		q = q.ColumnExpr("true")
 	}
-	return res, s.record(ctx, tx, cmd, &res, lastSeq+1)
+	if _, err := q.Exec(ctx); err != nil {
+		return saveError(err)
+	}
+	return nil
 }
 
-// lockOrder loads the order FOR UPDATE; it returns nil when there is none.
-// Line items are not loaded: no transition changes them.
-func lockOrder(ctx context.Context, tx bun.Tx, id string) (*order.Order, int64, error) {
-	var row orderRow
-	err := tx.NewSelect().Model(&row).Where("id = ?", id).For("UPDATE").Scan(ctx)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, 0, nil
+// saveError turns the statement's key and guard failures into orderapp's
+// errors. They must not wrap the driver's error: a unique violation is an
+// integrity error, which Classify counts as permanent.
+func saveError(err error) error {
+	var pgErr pgdriver.Error
+	if !errors.As(err, &pgErr) {
+		return fmt.Errorf("save command: %w", err)
 	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("lock order: %w", err)
+	switch code, constraint := pgErr.Field('C'), pgErr.Field('n'); {
+	case code == sqlstateExpect:
+		return orderapp.ErrConflict
+	case code == "23505" && constraint == "processed_commands_pkey":
+		return orderapp.ErrClaimed
+	case code == "23505" && (constraint == "orders_pkey" || constraint == "order_events_pkey"):
+		return orderapp.ErrConflict
 	}
-	o := row.toOrder()
-	return &o, row.LastEventSeq, nil
+	return fmt.Errorf("save command: %w", err)
 }
 
-func insertOrder(ctx context.Context, tx bun.Tx, o *order.Order, seq int64) error {
-	r, err := tx.NewInsert().Model(toRow(o, seq)).On("CONFLICT (id) DO NOTHING").Exec(ctx)
-	if err != nil {
-		return fmt.Errorf("insert order: %w", err)
-	}
-	if n, _ := r.RowsAffected(); n == 0 {
-		return ErrConflict // a concurrent create of the same id committed first
-	}
-	if len(o.Lines) == 0 {
-		return nil
-	}
+// sqlstateExpect is oms_expect's failure (migration 5).
+const sqlstateExpect = "OMS01"
+
+func lineRows(o *order.Order) []lineRow {
 	lines := make([]lineRow, len(o.Lines))
 	for i, l := range o.Lines {
 		lines[i] = lineRow{OrderID: o.ID, LineNo: i + 1, SKU: l.SKU, Name: l.Name, Quantity: l.Quantity, UnitPriceMinor: l.UnitPriceMinor}
 	}
-	if _, err := tx.NewInsert().Model(&lines).Exec(ctx); err != nil {
-		return fmt.Errorf("insert line items: %w", err)
-	}
-	return nil
-}
-
-// updateOrder writes the order only if it still has the version it was read
-// at. Lines and create_time never change after create.
-func updateOrder(ctx context.Context, tx bun.Tx, o *order.Order, fromVersion, seq int64) error {
-	r, err := tx.NewUpdate().Model(toRow(o, seq)).
-		ExcludeColumn("id", "customer_id", "currency_code", "subtotal_minor", "total_minor", "shipping_address", "create_time").
-		WherePK().Where("version = ?", fromVersion).Exec(ctx)
-	if err != nil {
-		return fmt.Errorf("update order: %w", err)
-	}
-	if n, _ := r.RowsAffected(); n == 0 {
-		return ErrConflict
-	}
-	return nil
+	return lines
 }

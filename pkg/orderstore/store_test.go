@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,12 +15,13 @@ import (
 
 	"github.com/omsdev/oms/pkg/dbtest"
 	"github.com/omsdev/oms/pkg/order"
+	"github.com/omsdev/oms/pkg/orderapp"
 	"github.com/omsdev/oms/pkg/orderstore"
 )
 
-func newStore(t *testing.T) *orderstore.Store {
+func newStore(t *testing.T) *app {
 	t.Helper()
-	return orderstore.New(dbtest.New(t), nil)
+	return newApp(dbtest.New(t))
 }
 
 // storefront is the service client that sends the tests' commands; staff
@@ -43,7 +45,7 @@ func cmd(orderID string, body order.Body) order.Command {
 	return order.Command{ID: uuid.NewString(), OrderID: orderID, IssueTime: time.Now(), Actor: storefront, Body: body}
 }
 
-func mustApply(t *testing.T, s *orderstore.Store, c order.Command, want orderstore.Outcome) orderstore.Result {
+func mustApply(t *testing.T, s *app, c order.Command, want orderapp.Outcome) orderapp.Result {
 	t.Helper()
 	res, err := s.Apply(context.Background(), c)
 	if err != nil {
@@ -55,7 +57,7 @@ func mustApply(t *testing.T, s *orderstore.Store, c order.Command, want ordersto
 	return res
 }
 
-func events(t *testing.T, s *orderstore.Store, id string) []order.Event {
+func events(t *testing.T, s *app, id string) []order.Event {
 	t.Helper()
 	evs, err := s.Events(context.Background(), id, 0, 1000, staff)
 	if err != nil {
@@ -78,7 +80,7 @@ func TestMigrationsUpDownUp(t *testing.T) {
 		}
 		return int(n)
 	}
-	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 4 {
+	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 5 {
 		t.Fatalf("up: %d migrations, %v", n, err)
 	}
 	if got := tables(); got != 5 {
@@ -87,17 +89,17 @@ func TestMigrationsUpDownUp(t *testing.T) {
 	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 0 {
 		t.Fatalf("second up: %d migrations, %v; want none", n, err)
 	}
-	if n, err := orderstore.Rollback(ctx, db); err != nil || n != 4 {
+	if n, err := orderstore.Rollback(ctx, db); err != nil || n != 5 {
 		t.Fatalf("down: %d migrations, %v", n, err)
 	}
 	if got := tables(); got != 0 {
 		t.Fatalf("after down: %d tables, want 0", got)
 	}
-	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 4 {
+	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 5 {
 		t.Fatalf("up again: %d migrations, %v", n, err)
 	}
 	// The schema works after the round trip.
-	mustApply(t, orderstore.New(db, nil), createCmd(uuid.NewString()), orderstore.Applied)
+	mustApply(t, newApp(db), createCmd(uuid.NewString()), orderapp.Applied)
 }
 
 func TestLifecycle(t *testing.T) {
@@ -106,13 +108,13 @@ func TestLifecycle(t *testing.T) {
 	ctx := context.Background()
 	id := uuid.NewString()
 
-	res := mustApply(t, s, createCmd(id), orderstore.Applied)
+	res := mustApply(t, s, createCmd(id), orderapp.Applied)
 	if res.Order.Version != 1 || res.Order.TotalMinor != 2950 || res.Event.Seq != 1 {
 		t.Fatalf("after create: %+v, event %+v", res.Order, res.Event)
 	}
-	mustApply(t, s, cmd(id, order.PayOrder{Reference: "ch_1", AmountMinor: 2950}), orderstore.Applied)
-	mustApply(t, s, cmd(id, order.ShipOrder{Carrier: "UPS", TrackingNumber: "1Z"}), orderstore.Applied)
-	res = mustApply(t, s, cmd(id, order.DeliverOrder{}), orderstore.Applied)
+	mustApply(t, s, cmd(id, order.PayOrder{Reference: "ch_1", AmountMinor: 2950}), orderapp.Applied)
+	mustApply(t, s, cmd(id, order.ShipOrder{Carrier: "UPS", TrackingNumber: "1Z"}), orderapp.Applied)
+	res = mustApply(t, s, cmd(id, order.DeliverOrder{}), orderapp.Applied)
 	if res.Order.State != order.StateDelivered || res.Order.Version != 4 {
 		t.Fatalf("after deliver: %+v", res.Order)
 	}
@@ -144,7 +146,7 @@ func TestGetSelectsOnlyMaskedFields(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	id := uuid.NewString()
-	mustApply(t, s, createCmd(id), orderstore.Applied)
+	mustApply(t, s, createCmd(id), orderapp.Applied)
 
 	got, err := s.Get(context.Background(), id, []string{"id", "state"}, staff)
 	if err != nil {
@@ -173,11 +175,11 @@ func TestSameCommandConcurrentlyHasOneEffect(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	id := uuid.NewString()
-	mustApply(t, s, createCmd(id), orderstore.Applied)
+	mustApply(t, s, createCmd(id), orderapp.Applied)
 	pay := cmd(id, order.PayOrder{Reference: "ch_1", AmountMinor: 2950})
 
 	const n = 50
-	outcomes := make(chan orderstore.Outcome, n)
+	outcomes := make(chan orderapp.Outcome, n)
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
@@ -191,11 +193,11 @@ func TestSameCommandConcurrentlyHasOneEffect(t *testing.T) {
 	}
 	wg.Wait()
 	close(outcomes)
-	count := map[orderstore.Outcome]int{}
+	count := map[orderapp.Outcome]int{}
 	for o := range outcomes {
 		count[o]++
 	}
-	if count[orderstore.Applied] != 1 || count[orderstore.Duplicate] != n-1 {
+	if count[orderapp.Applied] != 1 || count[orderapp.Duplicate] != n-1 {
 		t.Fatalf("outcomes %v, want 1 applied and %d duplicates", count, n-1)
 	}
 	got, _ := s.Get(context.Background(), id, nil, staff)
@@ -207,71 +209,55 @@ func TestSameCommandConcurrentlyHasOneEffect(t *testing.T) {
 	}
 }
 
-// A second command waits for the first one's lock and then applies to the
-// state the first one committed: versions 1, 2, 3 and no lost update.
-func TestRacingCommandsSerialize(t *testing.T) {
+// A command decided on a version that another command changed before it
+// was written is not written: the version guard fails the whole write,
+// and it is decided again on what the other committed. Pay is held
+// between its read and its write while cancel applies; pay then finds the
+// order cancelled and is rejected. Nothing is lost or written twice.
+func TestRacingCommandsDoNotLoseUpdates(t *testing.T) {
 	t.Parallel()
 	db := dbtest.New(t)
 	ctx := context.Background()
 	id := uuid.NewString()
 
 	entered, release := make(chan struct{}), make(chan struct{})
-	hook := func(ctx context.Context, tx bun.Tx, r orderstore.Result) error {
-		if r.Event.Command == order.KindPay {
-			close(entered)
-			<-release
+	var once sync.Once
+	hold := func(ctx context.Context, e order.Event) (*orderapp.Notification, error) {
+		if e.Command == order.KindPay {
+			once.Do(func() { // the first attempt only
+				close(entered)
+				<-release
+			})
 		}
-		return nil
+		return nil, nil
 	}
-	s := orderstore.New(db, hook)
-	mustApply(t, s, createCmd(id), orderstore.Applied)
+	s := newAppNotifying(db, hold)
+	mustApply(t, s, createCmd(id), orderapp.Applied)
 
-	payDone := make(chan error, 1)
+	payDone := make(chan orderapp.Result, 1)
 	go func() {
-		_, err := s.Apply(ctx, cmd(id, order.PayOrder{Reference: "ch", AmountMinor: 2950}))
-		payDone <- err
-	}()
-	<-entered // pay holds the order's row lock and has not committed
-	cancelDone := make(chan orderstore.Result, 1)
-	go func() {
-		res, err := s.Apply(ctx, cmd(id, order.CancelOrder{Reason: "late"}))
+		res, err := s.Apply(ctx, cmd(id, order.PayOrder{Reference: "ch", AmountMinor: 2950}))
 		if err != nil {
 			t.Error(err)
 		}
-		cancelDone <- res
+		payDone <- res
 	}()
-	// Wait until cancel is blocked on that lock, so the two really overlap.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		n, err := db.NewSelect().TableExpr("pg_stat_activity").
-			Where("wait_event_type = 'Lock'").Where("query LIKE ?", "%"+id+"%").Count(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("cancel never waited for pay's lock")
-		}
-		time.Sleep(10 * time.Millisecond)
+	<-entered // pay has read version 1 and decided to apply
+	cancel := mustApply(t, s, cmd(id, order.CancelOrder{Reason: "changed my mind"}), orderapp.Applied)
+	if cancel.Order.Version != 2 || cancel.Order.Cancellation.RefundDue {
+		t.Fatalf("cancel: %+v", cancel.Order)
 	}
 	close(release)
-	if err := <-payDone; err != nil {
-		t.Fatal(err)
-	}
-	res := <-cancelDone
-	if res.Outcome != orderstore.Applied || res.Order.Version != 3 || !res.Order.Cancellation.RefundDue {
-		t.Fatalf("cancel after pay: %s %+v", res.Outcome, res.Order)
+	pay := <-payDone
+	if pay.Outcome != orderapp.Rejected || pay.Event.Seq != 3 {
+		t.Fatalf("pay after cancel: %s (%s), event %+v; want rejected, decided again on version 2", pay.Outcome, pay.Reason, pay.Event)
 	}
 	got, _ := s.Get(ctx, id, nil, staff)
-	if got.Payment == nil || got.Cancellation == nil || got.Version != 3 {
-		t.Errorf("lost update: %+v", got)
+	if got.Payment != nil || got.Cancellation == nil || got.Version != 2 {
+		t.Errorf("lost or doubled update: %+v", got)
 	}
-	for i, e := range events(t, s, id) {
-		if e.OrderVersion != int64(i+1) {
-			t.Errorf("event %d has version %d", i, e.OrderVersion)
-		}
+	if evs := events(t, s, id); eventTypes(evs) != "order.created,order.cancelled,command.rejected" {
+		t.Errorf("history %s", eventTypes(evs))
 	}
 }
 
@@ -285,9 +271,9 @@ func TestRacingCommandsAreSerializable(t *testing.T) {
 	var wg sync.WaitGroup
 	for range orders {
 		id := uuid.NewString()
-		mustApply(t, s, createCmd(id), orderstore.Applied)
+		mustApply(t, s, createCmd(id), orderapp.Applied)
 		wg.Go(func() {
-			var pay, cancel orderstore.Result
+			var pay, cancel orderapp.Result
 			var inner sync.WaitGroup
 			inner.Go(func() { pay = applyRetrying(t, s, cmd(id, order.PayOrder{Reference: "r", AmountMinor: 2950})) })
 			inner.Go(func() { cancel = applyRetrying(t, s, cmd(id, order.CancelOrder{})) })
@@ -298,11 +284,11 @@ func TestRacingCommandsAreSerializable(t *testing.T) {
 				return
 			}
 			switch {
-			case pay.Outcome == orderstore.Applied && cancel.Outcome == orderstore.Applied:
+			case pay.Outcome == orderapp.Applied && cancel.Outcome == orderapp.Applied:
 				if got.Version != 3 || !got.Cancellation.RefundDue || got.Payment == nil {
 					t.Errorf("pay then cancel left %+v", got)
 				}
-			case cancel.Outcome == orderstore.Applied && pay.Outcome == orderstore.Rejected:
+			case cancel.Outcome == orderapp.Applied && pay.Outcome == orderapp.Rejected:
 				if got.Version != 2 || got.Cancellation.RefundDue || got.Payment != nil {
 					t.Errorf("cancel then pay left %+v", got)
 				}
@@ -317,7 +303,7 @@ func TestRacingCommandsAreSerializable(t *testing.T) {
 	wg.Wait()
 }
 
-func applyRetrying(t *testing.T, s *orderstore.Store, c order.Command) orderstore.Result {
+func applyRetrying(t *testing.T, s *app, c order.Command) orderapp.Result {
 	for attempt := 0; ; attempt++ {
 		res, err := s.Apply(context.Background(), c)
 		if err == nil {
@@ -334,7 +320,7 @@ func TestConcurrentCreatesOfOneOrder(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	id := uuid.NewString()
-	results := make([]orderstore.Result, 2)
+	results := make([]orderapp.Result, 2)
 	var wg sync.WaitGroup
 	for i := range results {
 		wg.Go(func() { results[i] = applyRetrying(t, s, createCmd(id)) })
@@ -344,7 +330,7 @@ func TestConcurrentCreatesOfOneOrder(t *testing.T) {
 		t.Fatalf("outcomes %s and %s, want one applied and one rejected", results[0].Outcome, results[1].Outcome)
 	}
 	for _, r := range results {
-		if r.Outcome == orderstore.Rejected && r.Event.Type != order.EventCommandRejected {
+		if r.Outcome == orderapp.Rejected && r.Event.Type != order.EventCommandRejected {
 			t.Errorf("second create recorded as %+v", r.Event)
 		}
 	}
@@ -355,11 +341,11 @@ func TestRejectedTransitionIsRecorded(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	id := uuid.NewString()
-	mustApply(t, s, createCmd(id), orderstore.Applied)
-	mustApply(t, s, cmd(id, order.CancelOrder{Reason: "oops"}), orderstore.Applied)
+	mustApply(t, s, createCmd(id), orderapp.Applied)
+	mustApply(t, s, cmd(id, order.CancelOrder{Reason: "oops"}), orderapp.Applied)
 
 	ship := cmd(id, order.ShipOrder{Carrier: "UPS", TrackingNumber: "1Z"})
-	res := mustApply(t, s, ship, orderstore.Rejected)
+	res := mustApply(t, s, ship, orderapp.Rejected)
 	if res.Reason != "cannot ship an order in state CANCELLED" {
 		t.Errorf("reason = %q", res.Reason)
 	}
@@ -380,7 +366,7 @@ func TestRejectedTransitionIsRecorded(t *testing.T) {
 		t.Errorf("processed_commands row: %q %q %v", outcome, reason, err)
 	}
 	// Redelivery of the rejected command is a duplicate carrying the reason.
-	dup := mustApply(t, s, ship, orderstore.Duplicate)
+	dup := mustApply(t, s, ship, orderapp.Duplicate)
 	if dup.Reason != res.Reason || dup.Mismatch {
 		t.Errorf("duplicate = %+v", dup)
 	}
@@ -395,7 +381,7 @@ func TestInvalidCreateBecomesRejectedOrder(t *testing.T) {
 	id := uuid.NewString()
 	c := createCmd(id)
 	c.Body = order.CreateOrder{CustomerID: "c", Currency: "USD"} // no lines
-	res := mustApply(t, s, c, orderstore.Rejected)
+	res := mustApply(t, s, c, orderapp.Rejected)
 	got, err := s.Get(context.Background(), id, nil, staff)
 	if err != nil || got.State != order.StateRejected || got.RejectionReason != res.Reason || len(got.Lines) != 0 {
 		t.Fatalf("stored %+v, %v", got, err)
@@ -408,12 +394,12 @@ func TestReusedKeyWithDifferentRequest(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	id := uuid.NewString()
-	mustApply(t, s, createCmd(id), orderstore.Applied)
+	mustApply(t, s, createCmd(id), orderapp.Applied)
 	pay := cmd(id, order.PayOrder{Reference: "a", AmountMinor: 2950})
-	mustApply(t, s, pay, orderstore.Applied)
+	mustApply(t, s, pay, orderapp.Applied)
 	pay.Body = order.PayOrder{Reference: "b", AmountMinor: 2950}
 	for range 3 {
-		if res := mustApply(t, s, pay, orderstore.Duplicate); !res.Mismatch {
+		if res := mustApply(t, s, pay, orderapp.Duplicate); !res.Mismatch {
 			t.Error("a reused key with another request was not flagged")
 		}
 	}
@@ -427,7 +413,7 @@ func TestReusedKeyWithDifferentRequest(t *testing.T) {
 	}
 	// A plain redelivery of the original records nothing.
 	pay.Body = order.PayOrder{Reference: "a", AmountMinor: 2950}
-	if res := mustApply(t, s, pay, orderstore.Duplicate); res.Mismatch {
+	if res := mustApply(t, s, pay, orderapp.Duplicate); res.Mismatch {
 		t.Error("redelivery flagged as a mismatch")
 	}
 	if n := len(events(t, s, id)); n != 3 {
@@ -439,7 +425,7 @@ func TestReusedKeyWithDifferentRequest(t *testing.T) {
 	other := createCmd(uuid.NewString())
 	other.ID = pay.ID
 	for range 2 {
-		if res := mustApply(t, s, other, orderstore.Duplicate); !res.Mismatch {
+		if res := mustApply(t, s, other, orderapp.Duplicate); !res.Mismatch {
 			t.Error("not flagged")
 		}
 	}
@@ -461,32 +447,90 @@ func TestCommandOnMissingOrderChangesNothing(t *testing.T) {
 		t.Fatalf("pay of a missing order: %v, want ErrNotFound", err)
 	}
 	// The claim rolled back, so the command can still apply once the create arrives.
-	mustApply(t, s, createCmd(id), orderstore.Applied)
-	mustApply(t, s, order.Command{ID: pay.ID, OrderID: id, Actor: storefront, Body: order.PayOrder{Reference: "a", AmountMinor: 2950}}, orderstore.Applied)
+	mustApply(t, s, createCmd(id), orderapp.Applied)
+	mustApply(t, s, order.Command{ID: pay.ID, OrderID: id, Actor: storefront, Body: order.PayOrder{Reference: "a", AmountMinor: 2950}}, orderapp.Applied)
 }
 
-func TestHookErrorRollsBackEverything(t *testing.T) {
+// A command's write is one statement: when any row of it fails (here the
+// outbox refuses its row, through a trigger), none of it is written, and
+// the command can be applied later.
+func TestFailedWriteLeavesNothing(t *testing.T) {
 	t.Parallel()
+	ctx := context.Background()
 	db := dbtest.New(t)
-	boom := errors.New("outbox down")
-	s := orderstore.New(db, func(context.Context, bun.Tx, orderstore.Result) error { return boom })
-	c := createCmd(uuid.NewString())
-	if _, err := s.Apply(context.Background(), c); !errors.Is(err, boom) {
-		t.Fatalf("Apply = %v, want the hook's error", err)
-	}
-	for _, table := range []string{"orders", "order_line_items", "order_events", "processed_commands"} {
-		if n, err := db.NewSelect().Table(table).Count(context.Background()); err != nil || n != 0 {
-			t.Errorf("%s has %d rows after rollback (%v)", table, n, err)
+	for _, q := range []string{
+		`CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'outbox refused'; END $$`,
+		`CREATE TRIGGER refuse BEFORE INSERT ON watermill_outbox FOR EACH ROW EXECUTE FUNCTION refuse()`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
 		}
 	}
-	mustApply(t, orderstore.New(db, nil), c, orderstore.Applied)
+	notify := func(ctx context.Context, e order.Event) (*orderapp.Notification, error) {
+		return &orderapp.Notification{ID: uuid.NewString(), Destination: "notes", GroupID: e.OrderID, Body: []byte("{}")}, nil
+	}
+	s := newAppNotifying(db, notify)
+	c := createCmd(uuid.NewString())
+	if _, err := s.Apply(ctx, c); err == nil || !strings.Contains(err.Error(), "outbox refused") {
+		t.Fatalf("Apply = %v, want the outbox's refusal", err)
+	}
+	for _, table := range []string{"orders", "order_line_items", "order_events", "processed_commands", "watermill_outbox"} {
+		if n, err := db.NewSelect().Table(table).Count(ctx); err != nil || n != 0 {
+			t.Errorf("%s has %d rows after the failed write (%v)", table, n, err)
+		}
+	}
+	if _, err := db.ExecContext(ctx, `DROP TRIGGER refuse ON watermill_outbox`); err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, s, c, orderapp.Applied)
 }
+
+// Each command costs at most two statements (round trips): a read and one
+// write. A redelivery costs the read alone.
+func TestCommandsTakeTwoStatements(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	counter := &statementCounter{}
+	db.AddQueryHook(counter)
+	notify := func(ctx context.Context, e order.Event) (*orderapp.Notification, error) {
+		return &orderapp.Notification{ID: uuid.NewString(), Destination: "notes", GroupID: e.OrderID, Body: []byte("{}")}, nil
+	}
+	s := newAppNotifying(db, notify)
+	id := uuid.NewString()
+	create := createCmd(id)
+	for _, step := range []struct {
+		name string
+		cmd  order.Command
+		want orderapp.Outcome
+		max  int64
+	}{
+		{"create", create, orderapp.Applied, 2},
+		{"pay", cmd(id, order.PayOrder{Reference: "r", AmountMinor: 2950}), orderapp.Applied, 2},
+		{"redelivered create", create, orderapp.Duplicate, 1},
+		{"rejected deliver", cmd(id, order.DeliverOrder{}), orderapp.Rejected, 2},
+		{"ship", cmd(id, order.ShipOrder{Carrier: "ups", TrackingNumber: "1Z"}), orderapp.Applied, 2},
+		{"refused", as(order.Actor{ID: "service:other"}, cmd(id, order.CancelOrder{})), orderapp.Refused, 2},
+	} {
+		before := counter.n.Load()
+		mustApply(t, s, step.cmd, step.want)
+		if n := counter.n.Load() - before; n > step.max {
+			t.Errorf("%s: %d statements, want at most %d", step.name, n, step.max)
+		}
+	}
+}
+
+type statementCounter struct{ n atomic.Int64 }
+
+func (c *statementCounter) BeforeQuery(ctx context.Context, _ *bun.QueryEvent) context.Context {
+	return ctx
+}
+func (c *statementCounter) AfterQuery(_ context.Context, _ *bun.QueryEvent) { c.n.Add(1) }
 
 func TestEventsAreAppendOnly(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	id := uuid.NewString()
-	mustApply(t, s, createCmd(id), orderstore.Applied)
+	mustApply(t, s, createCmd(id), orderapp.Applied)
 	_, err := s.DB().NewUpdate().Table("order_events").Set("reason = 'x'").Where("order_id = ?", id).Exec(context.Background())
 	if err == nil {
 		t.Fatal("updating history succeeded")
@@ -494,4 +538,18 @@ func TestEventsAreAppendOnly(t *testing.T) {
 	if _, err := s.Events(context.Background(), uuid.NewString(), 0, 10, staff); !errors.Is(err, orderstore.ErrNotFound) {
 		t.Errorf("events of a missing order: %v", err)
 	}
+}
+
+// app is the application service over the store, as the processor runs
+// it, with the store's reads.
+type app struct {
+	*orderstore.Store
+	*orderapp.Service
+}
+
+func newApp(db *bun.DB) *app { return newAppNotifying(db, nil) }
+
+func newAppNotifying(db *bun.DB, n orderapp.Notifier) *app {
+	s := orderstore.New(db)
+	return &app{s, orderapp.New(s, n)}
 }

@@ -13,23 +13,30 @@ import (
 	"time"
 )
 
-// CreateOrder is, statement for statement, the transaction
-// orderstore.Store.Apply runs for a create: claim the command id, lock the
-// (absent) order, insert the order, its two lines and its first event.
-// It skips what the store adds on top: the domain decision, Bun's query
-// building, the outbox row.
+// CreateOrder is, statement for statement, what the processor runs for a
+// create (orderstore.Store's Load and Save): one read of the order, the
+// command's record and its recorded rejections, then one statement that
+// claims the command id and inserts the order, its two lines, its first
+// event and its notification. It skips what the processor adds on top:
+// the domain decision, Bun's query building, the queue.
 const CreateOrder = `SELECT gen_random_uuid() AS oid \gset
-BEGIN;
-INSERT INTO processed_commands (command_id, order_id, command, outcome, reason, fingerprint, processed_at)
-  VALUES (':oid', ':oid', 'create', 'applied', '', '\x00', now()) ON CONFLICT (command_id) DO NOTHING;
-SELECT * FROM orders WHERE id = ':oid' FOR UPDATE;
-INSERT INTO orders (id, customer_id, state, currency_code, subtotal_minor, total_minor, version, last_event_seq, create_time, update_time)
-  VALUES (':oid', 'c-1', 'CREATED', 'USD', 2950, 2950, 1, 1, now(), now()) ON CONFLICT (id) DO NOTHING;
-INSERT INTO order_line_items (order_id, line_no, sku, name, quantity, unit_price_minor)
-  VALUES (':oid', 1, 'SKU-1', 'Mug', 2, 1200), (':oid', 2, 'SKU-2', 'Tea', 1, 550);
-INSERT INTO order_events (order_id, seq, type, from_state, to_state, command_id, command, reason, payload, order_version, occur_time)
-  VALUES (':oid', 1, 'order.created', 'STATE_UNSPECIFIED', 'CREATED', ':oid', 'create', '', '{}', 1, now());
-COMMIT;
+SELECT o.*, c.*, EXISTS (SELECT 1 FROM order_events AS e WHERE e.order_id = o.id AND (
+    (e.order_version = o.version AND e.type = 'command.rejected' AND e.command = 'create') OR
+    (e.actor = 'service:bench' AND e.command_id = ':oid' AND e.type IN ('command.rejected', 'order.rejected'))))
+  FROM (VALUES (1)) AS one (x)
+  LEFT JOIN orders AS o ON o.id = ':oid'
+  LEFT JOIN processed_commands AS c ON c.principal = 'service:bench' AND c.command_id = ':oid';
+WITH claim AS (INSERT INTO processed_commands (principal, command_id, order_id, command, outcome, reason, fingerprint, processed_at)
+    VALUES ('service:bench', ':oid', ':oid', 'create', 'applied', '', '\x00', now())),
+  new_order AS (INSERT INTO orders (id, customer_id, state, currency_code, subtotal_minor, total_minor, created_by, version, last_event_seq, create_time, update_time)
+    VALUES (':oid', 'c-1', 'CREATED', 'USD', 2950, 2950, 'service:bench', 1, 1, now(), now())),
+  new_lines AS (INSERT INTO order_line_items (order_id, line_no, sku, name, quantity, unit_price_minor)
+    VALUES (':oid', 1, 'SKU-1', 'Mug', 2, 1200), (':oid', 2, 'SKU-2', 'Tea', 1, 550)),
+  event AS (INSERT INTO order_events (order_id, seq, type, from_state, to_state, command_id, command, reason, actor, payload, order_version, occur_time)
+    VALUES (':oid', 1, 'order.created', 'STATE_UNSPECIFIED', 'CREATED', ':oid', 'create', '', 'service:bench', '{"currency_code":"USD","total_minor":2950,"line_items":2}', 1, now())),
+  notification AS (INSERT INTO watermill_outbox (uuid, destination, group_id, body, metadata)
+    VALUES (':oid', 'notifications', ':oid', '\x0a24', '{"oms_group_id":":oid"}'))
+SELECT true;
 `
 
 // Options say what to run.

@@ -26,6 +26,9 @@ const (
 	// MetaMessageID is the SQS message id of a received message: unique per
 	// message sent, the same on every redelivery. It is never sent.
 	MetaMessageID = "oms_message_id"
+	// MetaReceiveCount is how often SQS has handed the message out,
+	// this time included (when the receive asked for it). It is never sent.
+	MetaReceiveCount = "oms_receive_count"
 )
 
 // ErrNoGroupID: a FIFO message without a group id. Real SQS rejects it;
@@ -57,6 +60,7 @@ func FIFOSendInput(ctx context.Context, url wsqs.QueueURL, m *types.Message) (*s
 	delete(attrs, MetaDedupID)
 	delete(attrs, MetaReceiptHandle)
 	delete(attrs, MetaMessageID)
+	delete(attrs, MetaReceiveCount)
 	in.MessageAttributes = attrs
 	in.MessageGroupId, in.MessageDeduplicationId = group, dedup
 	if len(attrs) > 10 {
@@ -81,30 +85,6 @@ func NewPublisher(ctx context.Context, c Config, logger watermill.LoggerAdapter)
 	}, logger)
 }
 
-// NewSubscriber returns a watermill-aws subscriber that receives up to
-// maxMessages per call. Keep maxMessages at 1 against goaws: a nack
-// abandons the rest of a received batch until its visibility timeout.
-func NewSubscriber(ctx context.Context, c Config, maxMessages int32, logger watermill.LoggerAdapter) (*wsqs.Subscriber, error) {
-	cfg, opts, err := c.AWS(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return wsqs.NewSubscriber(wsqs.SubscriberConfig{
-		AWSConfig:                   cfg,
-		OptFns:                      opts,
-		DoNotCreateQueueIfNotExists: true,
-		Unmarshaler:                 receiptUnmarshaler{},
-		GenerateReceiveMessageInput: func(ctx context.Context, url wsqs.QueueURL) (*sqs.ReceiveMessageInput, error) {
-			return &sqs.ReceiveMessageInput{
-				QueueUrl:              aws.String(string(url)),
-				MessageAttributeNames: []string{"All"},
-				MaxNumberOfMessages:   maxMessages,
-				WaitTimeSeconds:       20,
-			}, nil
-		},
-	}, logger)
-}
-
 // receiptUnmarshaler is watermill-aws's default, plus the receipt handle
 // and the SQS message id.
 type receiptUnmarshaler struct {
@@ -119,19 +99,8 @@ func (u receiptUnmarshaler) Unmarshal(m *types.Message) (*message.Message, error
 	if err == nil && m.MessageId != nil {
 		msg.Metadata.Set(MetaMessageID, *m.MessageId)
 	}
-	return msg, err
-}
-
-// Release makes a received message visible again at once, for another
-// consumer: what a consumer that is shutting down does with a message it
-// will not process.
-func Release(ctx context.Context, client *sqs.Client, url string, msg *message.Message) error {
-	h := msg.Metadata.Get(MetaReceiptHandle)
-	if h == "" {
-		return errors.New("message has no receipt handle")
+	if n, ok := m.Attributes[string(types.MessageSystemAttributeNameApproximateReceiveCount)]; err == nil && ok {
+		msg.Metadata.Set(MetaReceiveCount, n)
 	}
-	_, err := client.ChangeMessageVisibility(ctx, &sqs.ChangeMessageVisibilityInput{
-		QueueUrl: aws.String(url), ReceiptHandle: aws.String(h), VisibilityTimeout: 0,
-	})
-	return err
+	return msg, err
 }

@@ -18,12 +18,16 @@ type Config struct {
 	DrainTimeout time.Duration
 	LogLevel     string
 
-	// Subscriptions is how many commands are applied in parallel. Real SQS
-	// FIFO keeps each order's commands in order across any number; goaws
-	// does not (use 1 locally).
+	// Subscriptions is how many receive loops run; each holds up to
+	// ReceiveBatch commands at once, applied in parallel across orders and
+	// in order within one. SQS FIFO (and pkg/sqslocal) keeps each order's
+	// commands in order across any number.
 	Subscriptions int
 	ReceiveBatch  int
-	Retry         RetryConfig
+	// ReceiveWait is the long poll. A drain waits for polls in progress
+	// to return rather than cancel them, so it bounds shutdown.
+	ReceiveWait time.Duration
+	Retry       RetryConfig
 	// HandlerTimeout bounds one attempt at applying a command.
 	HandlerTimeout time.Duration
 	// AcceptActorless (PROCESSOR_ACCEPT_ACTORLESS, default false) applies
@@ -93,7 +97,8 @@ func LoadConfig(env *config.Env) (Config, error) {
 		DrainTimeout:  env.Duration("DRAIN_TIMEOUT", 20*time.Second, 0, 10*time.Minute),
 		LogLevel:      env.OneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		Subscriptions: env.Int("PROCESSOR_SUBSCRIPTIONS", 8, 1, 256),
-		ReceiveBatch:  env.Int("PROCESSOR_RECEIVE_BATCH", 1, 1, 10),
+		ReceiveBatch:  env.Int("PROCESSOR_RECEIVE_BATCH", 10, 1, 10),
+		ReceiveWait:   env.Duration("PROCESSOR_RECEIVE_WAIT", 5*time.Second, 0, 20*time.Second),
 		Retry: RetryConfig{
 			InitialInterval: env.Duration("PROCESSOR_RETRY_INITIAL_INTERVAL", 5*time.Second, time.Millisecond, time.Hour),
 			Multiplier:      env.Float("PROCESSOR_RETRY_MULTIPLIER", 2, 1, 10),

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/omsdev/oms/pkg/logging"
+	"github.com/omsdev/oms/pkg/orderapp"
 	"github.com/omsdev/oms/pkg/orderpb"
 	"github.com/omsdev/oms/pkg/orderstore"
 	"github.com/omsdev/oms/pkg/queue"
@@ -52,7 +53,7 @@ func permanent(err error) bool {
 
 // applier applies one command message.
 type applier struct {
-	store           *orderstore.Store
+	app             *orderapp.Service
 	acceptActorless bool
 	// operational is told of failures that mean the deployment is wrong
 	// (schema not migrated, privileges missing), to stop taking commands
@@ -91,7 +92,7 @@ func (a *applier) handle(msg *message.Message) error {
 	log := a.log.With("command", cmd.Kind(), "command_id", cmd.ID, "order_id", cmd.OrderID)
 
 	start := time.Now()
-	res, err := a.store.Apply(ctx, cmd)
+	res, err := a.app.Apply(ctx, cmd)
 	applyDuration.WithLabelValues(string(cmd.Kind())).Observe(time.Since(start).Seconds())
 	if err != nil {
 		span.RecordError(err)
@@ -132,15 +133,15 @@ func (a *applier) handle(msg *message.Message) error {
 	span.SetAttributes(attribute.String("oms.outcome", string(res.Outcome)))
 	commandsTotal.WithLabelValues(string(cmd.Kind()), string(res.Outcome)).Inc()
 	switch res.Outcome {
-	case orderstore.Applied:
+	case orderapp.Applied:
 		log.InfoContext(ctx, "command applied", "state", res.Order.State.String(), "version", res.Order.Version)
-	case orderstore.Rejected:
+	case orderapp.Rejected:
 		log.InfoContext(ctx, "command rejected", "reason", res.Reason)
-	case orderstore.Refused:
+	case orderapp.Refused:
 		// Not the actor's order: no trace on it; the outcome is the
 		// command's own record.
 		log.WarnContext(ctx, "command refused: the sender may not act on this order", "actor", cmd.Actor.ID)
-	case orderstore.Duplicate:
+	case orderapp.Duplicate:
 		if res.Mismatch {
 			log.WarnContext(ctx, "request id reused for a different command; ignored")
 		} else {

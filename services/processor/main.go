@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -27,6 +28,7 @@ import (
 	"github.com/omsdev/oms/pkg/config"
 	"github.com/omsdev/oms/pkg/logging"
 	"github.com/omsdev/oms/pkg/metrics"
+	"github.com/omsdev/oms/pkg/orderapp"
 	"github.com/omsdev/oms/pkg/orderstore"
 	"github.com/omsdev/oms/pkg/outbox"
 	"github.com/omsdev/oms/pkg/queue"
@@ -80,36 +82,25 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("command queue: %w", err)
 	}
-	// Messages received together are handled one after another, so the
-	// last of a batch waits for the retries of all before it.
-	if worst := time.Duration(cfg.ReceiveBatch) * cfg.Retry.WorstCase(cfg.HandlerTimeout); worst >= vt {
-		return fmt.Errorf("retries can take %s (for a receive batch of %d) but the command queue's visibility timeout is %s, so SQS would redeliver a message still being retried: lower PROCESSOR_RECEIVE_BATCH, PROCESSOR_RETRY_* or PROCESSOR_HANDLER_TIMEOUT, or raise the queue's VisibilityTimeout", worst, cfg.ReceiveBatch, vt)
-	}
 
 	wlog := watermill.NewSlogLogger(log.With("component", "watermill"))
 	pub, err := queue.NewPublisher(ctx, cfg.Queue, wlog)
 	if err != nil {
 		return err
 	}
-	sub, err := queue.NewSubscriber(ctx, cfg.Queue, int32(cfg.ReceiveBatch), wlog)
+	commands, err := queue.NewConsumer(client, queue.ConsumerConfig{
+		MaxMessages: cfg.ReceiveBatch, WaitTime: cfg.ReceiveWait,
+		Visibility: vt, Budget: cfg.Retry.WorstCase(cfg.HandlerTimeout),
+	}, log.With("component", "consumer"))
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: lower PROCESSOR_RETRY_* or PROCESSOR_HANDLER_TIMEOUT, or raise the queue's VisibilityTimeout", err)
 	}
-	commands := newGate(sub, func(m *message.Message) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := queue.Release(ctx, client, urls.Command, m); err != nil {
-			log.Warn("could not give back a message received while draining; it returns after its visibility timeout", "err", err)
-			return
-		}
-		log.Info("gave back a message received while draining", "message_uuid", m.UUID)
-	})
 	// Commands wait on the queue while the database is not ready for this
 	// binary (not migrated, privileges missing), instead of failing.
 	guard := &schemaGuard{db: db, gate: commands, every: 2 * time.Second, log: log}
 	guard.Start(ctx)
 	a := &applier{
-		store:           orderstore.New(db, notifier{queue: cfg.Queue.NotificationQueue}.write),
+		app:             orderapp.New(orderstore.New(db), notifier{queue: cfg.Queue.NotificationQueue}.entry),
 		acceptActorless: cfg.AcceptActorless,
 		operational:     func(err error) { guard.Trip(ctx, err) },
 		log:             log,
@@ -197,6 +188,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	case <-ctx.Done():
 	}
 
+	// The drain: no more receives; polls in progress return (at most
+	// PROCESSOR_RECEIVE_WAIT) and what they bring is given back; commands
+	// in flight finish and their deletes are sent. Only then does closing
+	// the router cancel anything.
 	log.Info("draining", "timeout", cfg.DrainTimeout)
 	draining.Store(true)
 	commands.Stop()
@@ -205,22 +200,14 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := commands.Wait(dctx); err != nil {
 		log.Warn("drain deadline passed with commands in flight; they will be redelivered", "err", err)
 	}
-	commands.GiveBack()
-	// Let the subscriber delete the messages just acked before closing it
-	// cancels their requests; any it misses are redelivered and found
-	// already processed.
-	select {
-	case <-time.After(250 * time.Millisecond):
-	case <-dctx.Done():
-	}
 	rerr := router.Close()
 	ferr := relay.Close()
 	log.Info("stopped")
 	return errors.Join(rerr, ferr)
 }
 
-// listenHealth serves /healthz and /readyz for Kubernetes probes, and
-// /metrics.
+// listenHealth serves /healthz and /readyz for Kubernetes probes,
+// /metrics, and CPU and heap profiles under /debug/pprof/.
 func listenHealth(addr string, hs serve.HTTPSettings, ready func(context.Context) error, log *slog.Logger) (*http.Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -229,6 +216,10 @@ func listenHealth(addr string, hs serve.HTTPSettings, ready func(context.Context
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.Handle("GET /metrics", metrics.Handler())
+	// Profiles for make bench and for incidents; like /metrics, this port
+	// is for the cluster, not the internet.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()

@@ -7,27 +7,25 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/google/uuid"
-	"github.com/uptrace/bun"
 
 	omsv1 "github.com/omsdev/oms/proto/oms/v1"
 
 	"github.com/omsdev/oms/pkg/logging"
+	"github.com/omsdev/oms/pkg/order"
+	"github.com/omsdev/oms/pkg/orderapp"
 	"github.com/omsdev/oms/pkg/orderpb"
-	"github.com/omsdev/oms/pkg/orderstore"
-	"github.com/omsdev/oms/pkg/outbox"
 	"github.com/omsdev/oms/pkg/queue"
 	"github.com/omsdev/oms/pkg/tracing"
 )
 
 var eventIDSpace = uuid.MustParse("2c3b9d7e-0f5a-4e61-b2a4-7d8e9f1a0b3c")
 
-// notifier writes "the order has been processed" to the outbox in the
-// command's own transaction: the notification exists if and only if the
-// change does.
+// notifier makes "the order has been processed" for the outbox, written
+// with the command's own change: the notification exists if and only if
+// the change does.
 type notifier struct{ queue string }
 
-func (n notifier) write(ctx context.Context, tx bun.Tx, r orderstore.Result) error {
-	e := r.Event
+func (n notifier) entry(ctx context.Context, e order.Event) (*orderapp.Notification, error) {
 	// Stable per history entry, so a relay resend is deduplicated by SQS.
 	id := uuid.NewSHA1(eventIDSpace, []byte(e.OrderID+"/"+strconv.FormatInt(e.Seq, 10))).String()
 	note := &omsv1.OrderNotification{
@@ -36,7 +34,7 @@ func (n notifier) write(ctx context.Context, tx bun.Tx, r orderstore.Result) err
 	}
 	body, err := orderpb.EncodeNotification(note)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	msg := message.NewMessage(id, body)
 	msg.Metadata.Set(queue.MetaGroupID, e.OrderID)
@@ -46,5 +44,5 @@ func (n notifier) write(ctx context.Context, tx bun.Tx, r orderstore.Result) err
 		middleware.SetCorrelationID(c, msg)
 	}
 	tracing.Inject(ctx, msg.Metadata) // consumers of notifications join the trace
-	return outbox.Publish(ctx, tx.Tx, n.queue, msg)
+	return &orderapp.Notification{ID: id, Destination: n.queue, GroupID: e.OrderID, Body: msg.Payload, Metadata: msg.Metadata}, nil
 }

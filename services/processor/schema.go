@@ -18,13 +18,19 @@ import (
 // queue. Readiness reports the guard's state.
 type schemaGuard struct {
 	db    *bun.DB
-	gate  *gate
+	gate  pauser
 	every time.Duration
 	log   *slog.Logger
 
 	mu       sync.Mutex
 	err      error // why commands are held back; nil when running
 	watching bool
+}
+
+// pauser holds commands back: the queue consumer.
+type pauser interface {
+	Pause() bool
+	Resume()
 }
 
 // Start checks the schema once, and holds commands back until it is right.

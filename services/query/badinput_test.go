@@ -54,7 +54,7 @@ func TestFilterRefusesValuesTheStoreCannotTake(t *testing.T) {
 // valid range are served.
 func TestListOrdersBadInputIsInvalidArgument(t *testing.T) {
 	t.Parallel()
-	svc := &queryService{store: orderstore.New(dbtest.New(t), nil), maxPageBytes: 1 << 20}
+	svc := &queryService{store: orderstore.New(dbtest.New(t)), maxPageBytes: 1 << 20}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	ctx = auth.WithPrincipal(ctx, auth.Principal{Kind: auth.Service, Subject: "staff", Scopes: []string{auth.ScopeRead, auth.ScopeStaff}})

@@ -97,7 +97,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	svc := &queryService{store: orderstore.New(db, nil), maxPageBytes: cfg.MaxPageBytes}
+	svc := &queryService{store: orderstore.New(db), maxPageBytes: cfg.MaxPageBytes}
 	srv, err := serve.Listen(serve.API{
 		Name:               "query",
 		Settings:           cfg.Settings,

@@ -1,0 +1,303 @@
+// Package orderapp applies order commands: the application layer between
+// the processor's queue handler and the order repository. A command is
+// applied exactly once: the service reads what deciding it needs (one
+// round trip), decides with the domain (package order), and hands the
+// repository one Change that it writes atomically (one round trip) or not
+// at all. The policy lives here: idempotency per actor, reused keys,
+// authorization, and how much of a rejection the history records. The
+// repository only persists.
+package orderapp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/omsdev/oms/pkg/order"
+)
+
+var (
+	// ErrNotFound: a command other than create for an order that does not
+	// exist (yet: its create may still be in flight).
+	ErrNotFound = errors.New("order not found")
+	// ErrConflict: the order changed between the read and the write (the
+	// version guard failed, or a concurrent create won). Applying again
+	// is safe.
+	ErrConflict = errors.New("order changed concurrently")
+	// ErrClaimed: the command's id was claimed between the read and the
+	// write, by a concurrent delivery of it (or a reused key). Applying
+	// again finds the claim.
+	ErrClaimed = errors.New("command claimed concurrently")
+)
+
+// Outcome says what processing a command did.
+type Outcome string
+
+const (
+	Applied  Outcome = "applied"
+	Rejected Outcome = "rejected"
+	// Refused: the command's actor may not touch the order. Nothing was
+	// written to the order or its history; only the command's own record
+	// (scoped to its actor) says so.
+	Refused Outcome = "refused"
+	// Duplicate: the command id was processed before; nothing changed.
+	Duplicate Outcome = "duplicate"
+)
+
+// Result describes a processed command.
+type Result struct {
+	Outcome Outcome
+	// Order is the order after the command; nil for duplicates, refusals
+	// and rejections of commands on orders that do not exist.
+	Order *order.Order
+	// Event is the history entry written; zero (Seq 0) when none was: for
+	// duplicates, refusals, and a rejection already recorded for the
+	// order's version.
+	Event order.Event
+	// Reason is why the command was rejected or refused: for duplicates,
+	// the original reason.
+	Reason string
+	// Mismatch is set on a duplicate whose request differs from the one
+	// first processed under that id: a reused idempotency key.
+	Mismatch bool
+}
+
+// Record is a processed command's record: its idempotency claim, keyed by
+// (Principal, CommandID), and its outcome.
+type Record struct {
+	Principal, CommandID, OrderID string
+	Command                       order.Kind
+	Outcome                       Outcome
+	Reason                        string
+	// Fingerprint identifies what the command asked for, to tell a
+	// redelivery from a reused key.
+	Fingerprint []byte
+	ProcessedAt time.Time
+}
+
+// Snapshot is what deciding a command needs, read in one round trip.
+type Snapshot struct {
+	// Order is nil when there is none.
+	Order *order.Order
+	// Version is the order's version and history length, the guard of
+	// any write to it.
+	Version Version
+	// Prior is the command's record if its (actor, id) was processed
+	// before.
+	Prior *Record
+	// RejectionRecorded: the history already holds a rejection of a
+	// command of this kind at the order's version, or one of this very
+	// command. (See Service.recordable.)
+	RejectionRecorded bool
+}
+
+// Version guards a write to an existing order.
+type Version struct {
+	Version, LastSeq int64
+}
+
+// Change is everything one command writes, atomically: all of it or none.
+type Change struct {
+	// OrderID is the order the command names.
+	OrderID string
+	// Claim is the command's record; nil when it has one already (a reused
+	// key being reported).
+	Claim *Record
+	// Expect guards an existing order: nothing is written unless it is
+	// still at this version and history length. Nil for a new order.
+	Expect *Version
+	// Create is a new order, with its lines; Update an existing order's
+	// new state. At most one is set.
+	Create, Update *order.Order
+	// Event is appended to the order's history (its Seq set), by Actor.
+	Event *order.Event
+	Actor string
+	// Notification is written to the outbox, relayed after commit.
+	Notification *Notification
+}
+
+// Notification is a message for the transactional outbox: it exists if
+// and only if the change it reports does.
+type Notification struct {
+	// ID is the message's id, stable per history entry so that a resend
+	// is deduplicated.
+	ID string
+	// Destination is the queue it goes to, GroupID its FIFO group: a
+	// group's messages are relayed one at a time, in the order written.
+	Destination, GroupID string
+	Body                 []byte
+	Metadata             map[string]string
+}
+
+// Repository stores orders and command records.
+type Repository interface {
+	// Load reads the snapshot cmd is decided on.
+	Load(ctx context.Context, cmd order.Command) (Snapshot, error)
+	// Save writes c atomically. It fails with ErrConflict when the order
+	// is not as Expect says (or a create finds one), and with ErrClaimed
+	// when the claim exists already; then nothing is written.
+	Save(ctx context.Context, c Change) error
+}
+
+// Notifier is the "order processed" notification for a history entry, or
+// nil for none.
+type Notifier func(ctx context.Context, e order.Event) (*Notification, error)
+
+// Service applies commands.
+type Service struct {
+	repo   Repository
+	notify Notifier
+	now    func() time.Time
+}
+
+// New returns a Service. notify may be nil.
+func New(repo Repository, notify Notifier) *Service {
+	return &Service{repo: repo, notify: notify, now: func() time.Time {
+		// PostgreSQL keeps microseconds; keyset cursors must compare equal.
+		return time.Now().UTC().Truncate(time.Microsecond)
+	}}
+}
+
+// attempts bounds how often Apply reads again after losing a race: a
+// second delivery of the command or a concurrent change of the order.
+const attempts = 3
+
+// Apply processes cmd exactly once. A business rejection is not an error:
+// it is stored and reported as Outcome Rejected. Errors are the
+// repository's, ErrConflict after repeated races, or ErrNotFound for a
+// non-create command on an order that does not exist.
+func (s *Service) Apply(ctx context.Context, cmd order.Command) (res Result, err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("apply command %s (%s) to order %s: %w", cmd.ID, cmd.Kind(), cmd.OrderID, err)
+		}
+	}()
+	for i := 1; ; i++ {
+		res, err = s.apply(ctx, cmd)
+		raced := errors.Is(err, ErrConflict) || errors.Is(err, ErrClaimed)
+		if !raced || i == attempts || ctx.Err() != nil {
+			return res, err
+		}
+	}
+}
+
+func (s *Service) apply(ctx context.Context, cmd order.Command) (Result, error) {
+	snap, err := s.repo.Load(ctx, cmd)
+	if err != nil {
+		return Result{}, err
+	}
+	now := s.now()
+	fp := cmd.Fingerprint()
+	if snap.Prior != nil {
+		return s.duplicate(ctx, cmd, snap, fp, now)
+	}
+	cur := snap.Order
+	if cur == nil && cmd.Kind() != order.KindCreate {
+		return Result{}, ErrNotFound
+	}
+	// The claim makes the command's effect happen once: ids are per
+	// actor, so the same key from two callers never collides.
+	claim := &Record{
+		Principal: cmd.Actor.ID, CommandID: cmd.ID, OrderID: cmd.OrderID, Command: cmd.Kind(),
+		Outcome: Applied, Fingerprint: fp, ProcessedAt: now,
+	}
+	ch := Change{OrderID: cmd.OrderID, Claim: claim, Expect: expect(snap)}
+	if err := order.Authorize(cur, cmd); err != nil {
+		claim.Outcome, claim.Reason = Refused, err.Error()
+		return Result{Outcome: Refused, Reason: err.Error()}, s.repo.Save(ctx, ch)
+	}
+
+	d := order.Decide(cur, cmd, now)
+	res := Result{Outcome: Applied, Order: d.Order}
+	if res.Order == nil {
+		res.Order = cur
+	}
+	if d.Err != nil {
+		res.Outcome, res.Reason = Rejected, d.Err.Error()
+		claim.Outcome, claim.Reason = Rejected, res.Reason
+		if !recordable(snap) {
+			return res, s.repo.Save(ctx, ch)
+		}
+	}
+	switch {
+	case d.Order != nil && cur == nil:
+		ch.Create = d.Order
+	case d.Order != nil:
+		ch.Update = d.Order
+	}
+	res.Event = d.Event
+	return res, s.record(ctx, cmd, ch, &res, snap.Version.LastSeq+1)
+}
+
+// recordable bounds what rejections add to an order's history: a
+// command's rejection is recorded at most once, and at most one rejection
+// per command kind for each version of the order. An owner repeating a
+// rejected command (with new keys each time) adds nothing more; its
+// outcome stays in the command's own record. With five kinds and at most
+// five versions, a history has a fixed upper size.
+func recordable(snap Snapshot) bool {
+	return snap.Order == nil || !snap.RejectionRecorded // a rejected create is a new REJECTED order
+}
+
+// duplicate handles a command id seen before. A plain redelivery changes
+// nothing. A reused id carrying a different request is not applied either,
+// but the client was told "accepted", so the order's history records the
+// refusal, once.
+func (s *Service) duplicate(ctx context.Context, cmd order.Command, snap Snapshot, fp []byte, now time.Time) (Result, error) {
+	prior := snap.Prior
+	res := Result{Outcome: Duplicate, Reason: prior.Reason, Mismatch: !bytes.Equal(prior.Fingerprint, fp)}
+	cur := snap.Order
+	// Only the actor's own orders hear about its reused key.
+	if !res.Mismatch || order.Authorize(cur, cmd) != nil {
+		return res, nil
+	}
+	refusal := &order.PreconditionError{Reason: fmt.Sprintf(
+		"request id %s was already used for a different request; this one was not applied", cmd.ID)}
+	ch := Change{OrderID: cmd.OrderID, Expect: expect(snap)}
+	if cur != nil {
+		if !recordable(snap) {
+			return res, nil
+		}
+		res.Order = cur
+		res.Event = order.Event{
+			Type: order.EventCommandRejected, From: cur.State, To: cur.State, CommandID: cmd.ID, Command: cmd.Kind(),
+			Reason: refusal.Reason, OccurTime: now, OrderVersion: cur.Version,
+		}
+	} else {
+		// A create naming a new order: without a record the order would be
+		// a 404 forever. It becomes a REJECTED order saying why.
+		create, ok := cmd.Body.(order.CreateOrder)
+		if !ok {
+			return res, nil // no order to record it on
+		}
+		d := order.RejectCreate(cmd, create, now, refusal)
+		res.Order, res.Event = d.Order, d.Event
+		ch.Create = d.Order
+	}
+	return res, s.record(ctx, cmd, ch, &res, snap.Version.LastSeq+1)
+}
+
+// record saves ch with res.Event appended to the order's history as entry
+// seq, and its notification.
+func (s *Service) record(ctx context.Context, cmd order.Command, ch Change, res *Result, seq int64) error {
+	res.Event.OrderID, res.Event.Seq = cmd.OrderID, seq
+	ch.Event, ch.Actor = &res.Event, cmd.Actor.ID
+	if s.notify != nil {
+		n, err := s.notify(ctx, res.Event)
+		if err != nil {
+			return fmt.Errorf("notification: %w", err)
+		}
+		ch.Notification = n
+	}
+	return s.repo.Save(ctx, ch)
+}
+
+func expect(snap Snapshot) *Version {
+	if snap.Order == nil {
+		return nil
+	}
+	v := snap.Version
+	return &v
+}

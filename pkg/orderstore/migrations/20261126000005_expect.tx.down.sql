@@ -1,0 +1,1 @@
+DROP FUNCTION oms_expect(boolean, text);
