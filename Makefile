@@ -40,10 +40,9 @@ C ?= 16
 load:
 	go run ./deploy/local/cmd/omsload -n $(N) -c $(C)
 
-## bench: Go benchmarks, each reported against a raw ceiling measured in the same run (pgbench, the bare SQS client)
-bench: postgres
-	go test -run '^$$' -bench . -benchtime 5s ./pkg/orderstore
-	go test -run '^$$' -bench . -benchtime 20000x ./pkg/queue
+## bench: the whole system against raw ceilings measured in the same run, on a stack of its own; writes docs/performance.md (a few minutes; BENCH_FLAGS="-cpuprofile prof" and more: go run ./deploy/local/cmd/omsbench -h)
+bench: postgres build-local
+	go run ./deploy/local/cmd/omsbench -bin bin -out docs/performance.md $(BENCH_FLAGS)
 
 ## build-local: the services plus the local tools (emulator, stack runner, load generator)
 build-local:

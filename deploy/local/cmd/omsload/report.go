@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"maps"
 	"math"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -24,6 +26,7 @@ type stats struct {
 
 	mu                               sync.Mutex
 	post, toVisible, payPost, toPaid []time.Duration
+	lag                              []time.Duration // open loop: actual send minus scheduled
 	errs                             map[string]int
 	bodies                           []string // distinct, at most maxErrorBodies
 }
@@ -65,6 +68,9 @@ func (s *stats) fail(op string, err error) {
 }
 
 type report struct {
+	// Mode is "closed" (-c workers) or "open" (-rate).
+	Mode           string         `json:"mode"`
+	Rate           float64        `json:"rate,omitempty"`
 	Orders         int            `json:"orders"`
 	Posted         int64          `json:"posted"`
 	Accepted       int64          `json:"accepted"`
@@ -81,6 +87,8 @@ type report struct {
 	VisibleLatency *latency       `json:"postToVisibleLatency,omitempty"`
 	PayLatency     *latency       `json:"payPostLatency,omitempty"`
 	PayPaidLatency *latency       `json:"payToPaidLatency,omitempty"`
+	// SendLag is how late the open loop sent creates against its schedule.
+	SendLag *latency `json:"sendLag,omitempty"`
 }
 
 // latency is in milliseconds, for a readable JSON report.
@@ -88,6 +96,7 @@ type latency struct {
 	Count int     `json:"count"`
 	P50   float64 `json:"p50Ms"`
 	P90   float64 `json:"p90Ms"`
+	P95   float64 `json:"p95Ms"`
 	P99   float64 `json:"p99Ms"`
 	Max   float64 `json:"maxMs"`
 }
@@ -96,10 +105,13 @@ func (s *stats) report(cfg config, wall, postPhase time.Duration) report {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := report{
-		Orders: cfg.N, Posted: s.posted.Load(), Accepted: s.accepted.Load(), Visible: s.visible.Load(), Paid: s.paid.Load(),
+		Mode: "closed", Orders: cfg.N, Posted: s.posted.Load(), Accepted: s.accepted.Load(), Visible: s.visible.Load(), Paid: s.paid.Load(),
 		ErrorsByKind: s.errs, ErrorBodies: s.bodies,
 		WallSeconds: wall.Seconds(), PostSeconds: postPhase.Seconds(),
 		PostLatency: summarize(s.post),
+	}
+	if cfg.Rate > 0 {
+		r.Mode, r.Rate, r.SendLag = "open", cfg.Rate, ptr(summarize(s.lag))
 	}
 	for _, n := range s.errs {
 		r.Errors += n
@@ -127,6 +139,9 @@ func (r report) complete(cfg config) bool {
 }
 
 func (r report) print(w io.Writer) {
+	if r.Mode == "open" {
+		fmt.Fprintf(w, "open loop   %.1f orders/s scheduled; POST→visible from each scheduled send\n", r.Rate)
+	}
 	fmt.Fprintf(w, "orders      %d (posted %d, accepted %d, visible %d", r.Orders, r.Posted, r.Accepted, r.Visible)
 	if r.PayLatency != nil {
 		fmt.Fprintf(w, ", paid %d", r.Paid)
@@ -139,16 +154,17 @@ func (r report) print(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 
-	fmt.Fprintf(w, "%-14s %6s %9s %9s %9s %9s\n", "latency (ms)", "n", "p50", "p90", "p99", "max")
+	fmt.Fprintf(w, "%-14s %6s %9s %9s %9s %9s %9s\n", "latency (ms)", "n", "p50", "p90", "p95", "p99", "max")
 	row := func(name string, l *latency) {
 		if l != nil {
-			fmt.Fprintf(w, "%-14s %6d %9.1f %9.1f %9.1f %9.1f\n", name, l.Count, l.P50, l.P90, l.P99, l.Max)
+			fmt.Fprintf(w, "%-14s %6d %9.1f %9.1f %9.1f %9.1f %9.1f\n", name, l.Count, l.P50, l.P90, l.P95, l.P99, l.Max)
 		}
 	}
 	row("POST", &r.PostLatency)
 	row("POST→visible", r.VisibleLatency)
 	row("pay POST", r.PayLatency)
 	row("pay→PAID", r.PayPaidLatency)
+	row("send lag", r.SendLag)
 
 	for _, k := range slices.Sorted(maps.Keys(r.ErrorsByKind)) {
 		fmt.Fprintf(w, "error %-16s %d\n", k, r.ErrorsByKind[k])
@@ -164,6 +180,19 @@ func (r report) printJSON(w io.Writer) error {
 	return enc.Encode(r)
 }
 
+// writeJSON writes the report to path, beside and renamed, so a reader
+// never sees half of it.
+func (r report) writeJSON(path string) error {
+	var b bytes.Buffer
+	if err := r.printJSON(&b); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path+".tmp", b.Bytes(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(path+".tmp", path)
+}
+
 func summarize(samples []time.Duration) latency {
 	sorted := slices.Clone(samples)
 	slices.Sort(sorted)
@@ -172,6 +201,7 @@ func summarize(samples []time.Duration) latency {
 		Count: len(sorted),
 		P50:   ms(percentile(sorted, 50)),
 		P90:   ms(percentile(sorted, 90)),
+		P95:   ms(percentile(sorted, 95)),
 		P99:   ms(percentile(sorted, 99)),
 		Max:   ms(percentile(sorted, 100)),
 	}
