@@ -160,8 +160,9 @@ func New(repo Repository, notify Notifier) *Service {
 	}}
 }
 
-// attempts bounds how often Apply reads again after losing a race: a
-// second delivery of the command or a concurrent change of the order.
+// attempts bounds how often Apply reads and decides again after losing a
+// race: a second delivery of the command or a concurrent change of the
+// order.
 const attempts = 3
 
 // Apply processes cmd exactly once. A business rejection is not an error:
@@ -174,19 +175,34 @@ func (s *Service) Apply(ctx context.Context, cmd order.Command) (res Result, err
 			err = fmt.Errorf("apply command %s (%s) to order %s: %w", cmd.ID, cmd.Kind(), cmd.OrderID, err)
 		}
 	}()
+	// A create usually names an order that does not exist yet, sent for
+	// the first time: it is decided on that assumption and written in one
+	// round trip. If the order or the claim exists after all, the write
+	// fails on its key, and the create is decided again on what is there.
+	if cmd.Kind() == order.KindCreate {
+		res, err = s.apply(ctx, cmd, true)
+		if !raced(err) || ctx.Err() != nil {
+			return res, err
+		}
+	}
 	for i := 1; ; i++ {
-		res, err = s.apply(ctx, cmd)
-		raced := errors.Is(err, ErrConflict) || errors.Is(err, ErrClaimed)
-		if !raced || i == attempts || ctx.Err() != nil {
+		res, err = s.apply(ctx, cmd, false)
+		if !raced(err) || i == attempts || ctx.Err() != nil {
 			return res, err
 		}
 	}
 }
 
-func (s *Service) apply(ctx context.Context, cmd order.Command) (Result, error) {
-	snap, err := s.repo.Load(ctx, cmd)
-	if err != nil {
-		return Result{}, err
+// raced: the write lost a race with another; deciding again is safe.
+func raced(err error) bool { return errors.Is(err, ErrConflict) || errors.Is(err, ErrClaimed) }
+
+func (s *Service) apply(ctx context.Context, cmd order.Command, assumeNew bool) (Result, error) {
+	var snap Snapshot
+	if !assumeNew {
+		var err error
+		if snap, err = s.repo.Load(ctx, cmd); err != nil {
+			return Result{}, err
+		}
 	}
 	now := s.now()
 	fp := cmd.Fingerprint()
