@@ -14,18 +14,12 @@ import (
 )
 
 // CreateOrder is, statement for statement, what the processor runs for a
-// create (orderstore.Store's Load and Save): one read of the order, the
-// command's record and its recorded rejections, then one statement that
-// claims the command id and inserts the order, its two lines, its first
-// event and its notification. It skips what the processor adds on top:
-// the domain decision, Bun's query building, the queue.
+// new create (orderstore.Store's Save; orderapp writes a create without
+// reading first): one statement that claims the command id and inserts
+// the order, its two lines, its first event and its notification. It
+// skips what the processor adds on top: the domain decision, Bun's query
+// building, the queue.
 const CreateOrder = `SELECT gen_random_uuid() AS oid \gset
-SELECT o.*, c.*, EXISTS (SELECT 1 FROM order_events AS e WHERE e.order_id = o.id AND (
-    (e.order_version = o.version AND e.type = 'command.rejected' AND e.command = 'create') OR
-    (e.actor = 'service:bench' AND e.command_id = ':oid' AND e.type IN ('command.rejected', 'order.rejected'))))
-  FROM (VALUES (1)) AS one (x)
-  LEFT JOIN orders AS o ON o.id = ':oid'
-  LEFT JOIN processed_commands AS c ON c.principal = 'service:bench' AND c.command_id = ':oid';
 WITH claim AS (INSERT INTO processed_commands (principal, command_id, order_id, command, outcome, reason, fingerprint, processed_at)
     VALUES ('service:bench', ':oid', ':oid', 'create', 'applied', '', '\x00', now())),
   new_order AS (INSERT INTO orders (id, customer_id, state, currency_code, subtotal_minor, total_minor, created_by, version, last_event_seq, create_time, update_time)
