@@ -347,8 +347,8 @@ func (e *chaosEnv) processorCounts() string {
 		{"duplicate deliveries ignored", "duplicate delivery ignored"},
 		{"transient failures retried", "transient failure"},
 		{"retried because the order was not there yet", "order not found yet; retrying"},
-		{"given back while draining", "gave back a message received while draining"},
-		{"not given back", "could not give back a message received while draining; it returns after its visibility timeout"},
+		{"give-backs while draining", "gave back messages received while draining or paused"},
+		{"failed give-backs", "batch give back failed for some messages; they return after their visibility timeout"},
 		{"starts", "processing"},
 	} {
 		n := 0

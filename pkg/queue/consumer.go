@@ -257,8 +257,13 @@ func (c *Consumer) takeHeld() []held {
 }
 
 func (c *Consumer) flush(hs []held) {
+	n := 0
 	for _, h := range hs {
 		c.giveBackNow(h.url, h.msgs)
+		n += len(h.msgs)
+	}
+	if n > 0 {
+		c.log.Info("gave back messages received while draining or paused", "messages", n)
 	}
 }
 
@@ -274,7 +279,12 @@ func (c *Consumer) giveBack(url string, msgs []types.Message) {
 		c.mu.Unlock()
 		return
 	}
+	stopped := c.stopped || c.paused != nil
 	c.mu.Unlock()
+	if stopped {
+		c.flush([]held{{url, msgs}})
+		return
+	}
 	c.giveBackNow(url, msgs)
 }
 
