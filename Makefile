@@ -42,7 +42,7 @@ load:
 
 ## bench: the whole system against raw ceilings measured in the same run, on a stack of its own; writes docs/performance.md (a few minutes; BENCH_FLAGS="-cpuprofile prof" and more: go run ./deploy/local/cmd/omsbench -h)
 bench: postgres build-local
-	go run ./deploy/local/cmd/omsbench -bin bin -out docs/performance.md $(BENCH_FLAGS)
+	go run ./deploy/local/cmd/omsbench -bin bin -out docs/performance.md -notes docs/performance-notes.md $(BENCH_FLAGS)
 
 ## build-local: the services plus the local tools (emulator, stack runner, load generator)
 build-local:

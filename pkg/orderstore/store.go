@@ -173,7 +173,16 @@ func (s *Store) Save(ctx context.Context, c orderapp.Change) error {
 	} else {
 		q = q.ColumnExpr("true")
 	}
-	if _, err := q.Exec(ctx); err != nil {
+	// Like a read, run again once on a broken pooled connection (the
+	// server restarted): a create's first statement is this one. That is
+	// safe for a write too: if the first run committed and only its answer
+	// was lost, the second fails on the claim's key or the version guard,
+	// and the command is decided again on what committed.
+	err := s.reread(ctx, func() error {
+		_, err := q.Exec(ctx)
+		return err
+	})
+	if err != nil {
 		return saveError(err)
 	}
 	return nil

@@ -177,7 +177,13 @@ func TestMigrationCarriesOverForwarderRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	go fwd.Run(ctx)
-	eventually(t, "the forwarder to relay", func() (bool, error) { return l.delivered() == 2, nil })
+	// Relayed and acked: the forwarder deletes a row after its publish
+	// returns, so closing it on delivery alone could leave the rows.
+	eventually(t, "the forwarder to relay and delete", func() (bool, error) {
+		var left int
+		err := db.QueryRowContext(ctx, `SELECT count(*) FROM watermill_outbox`).Scan(&left)
+		return l.delivered() == 2 && left == 0, err
+	})
 	fwd.Close()
 	for _, m := range after {
 		sameMessage(t, l.msgs[m.UUID], m)

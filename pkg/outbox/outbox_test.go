@@ -56,7 +56,10 @@ type fifo struct {
 	url    string
 }
 
-func newFIFO(t *testing.T) fifo {
+func newFIFO(t *testing.T) fifo { return newFIFOWith(t, nil) }
+
+// newFIFOWith creates the queue with attrs.
+func newFIFOWith(t *testing.T, attrs map[string]string) fifo {
 	t.Helper()
 	ctx := context.Background()
 	f := fifo{cfg: queue.Config{Endpoint: emulator.URL, Region: "us-east-1"}, name: "t" + strings.ReplaceAll(uuid.NewString()[:8], "-", "") + ".fifo"}
@@ -64,7 +67,7 @@ func newFIFO(t *testing.T) fifo {
 	if f.client, err = queue.NewClient(ctx, f.cfg); err != nil {
 		t.Fatal(err)
 	}
-	out, err := f.client.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(f.name)})
+	out, err := f.client.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(f.name), Attributes: attrs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -37,9 +36,13 @@ var (
 		Name: "oms_outbox_relay_errors_total",
 		Help: "Database errors of the outbox relay (claiming rows or recording outcomes).",
 	})
+	sendCalls = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "oms_outbox_send_calls_total",
+		Help: "Calls the outbox relay made to its publisher: one per batch (SendBatch) or per message (Publish). Divided by oms_outbox_relayed_total, about the SQS calls per notification.",
+	})
 )
 
-func init() { metrics.Register(relayed, parkedRows, relayErrors) }
+func init() { metrics.Register(relayed, parkedRows, relayErrors, sendCalls) }
 
 // ErrUnsendable marks an error no retry can fix: wrap it (or return a
 // queue.SendError with SenderFault) and the relay parks the row at once.
@@ -67,8 +70,10 @@ type RelayConfig struct {
 	// BatchSize rows are claimed at once, at most one per group (50). A
 	// relay that dies mid-batch leaves them to be sent again after Lease.
 	BatchSize int
-	// Concurrency bounds the sends of a batch in flight (16). A batch's
-	// rows are of different groups, so their order does not matter.
+	// Concurrency bounds the calls to the publisher in flight (16): sends
+	// of up to MaxBatch messages with a BatchSender, of one otherwise. A
+	// batch's rows are of different groups, so their order does not
+	// matter.
 	Concurrency int
 	// Lease is how long a claimed row is this relay's (30s): after it,
 	// another relay may claim the row and send it again.
@@ -145,17 +150,20 @@ func (c RelayConfig) backoff(attempts int64) time.Duration {
 // Relay moves outbox rows to a publisher. Any number of relays may run on
 // one table. Each round it claims a batch in one statement (a lease, no
 // lock kept), sends outside any transaction, and records the outcomes in
-// one short transaction: sent rows are deleted, failed ones wait out a
-// backoff, and rows that cannot be sent are parked.
+// one statement: sent rows are deleted, failed ones wait out a backoff, and
+// rows that cannot be sent are parked. A publisher that is a BatchSender
+// (SQSSender) gets a round's messages to one destination ten to a call.
 //
 // A row is claimed only when it is the oldest unparked row of its group
 // and no row of the group is leased, so a group's messages leave one at a
-// time, in order, whichever relay sends them.
+// time, in order, whichever relay sends them: a round, and so a batch, holds
+// at most one message of a group.
 type Relay struct {
-	db  *sql.DB
-	out message.Publisher
-	cfg RelayConfig
-	log watermill.LoggerAdapter
+	db    *sql.DB
+	out   message.Publisher
+	batch BatchSender // out, if it is one
+	cfg   RelayConfig
+	log   watermill.LoggerAdapter
 
 	mu        sync.Mutex
 	started   bool
@@ -166,7 +174,9 @@ type Relay struct {
 	statsAt time.Time
 }
 
-// NewRelay returns a relay from db's outbox to out.
+// NewRelay returns a relay from db's outbox to out: through
+// out.SendBatch if out is a BatchSender, such as an SQSSender, otherwise
+// one message per Publish call.
 func NewRelay(db *sql.DB, out message.Publisher, cfg RelayConfig, logger watermill.LoggerAdapter) (*Relay, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -175,8 +185,9 @@ func NewRelay(db *sql.DB, out message.Publisher, cfg RelayConfig, logger watermi
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
+	batch, _ := out.(BatchSender)
 	return &Relay{
-		db: db, out: out, cfg: cfg,
+		db: db, out: out, batch: batch, cfg: cfg,
 		log:     logger.With(watermill.LogFields{"component": "outbox_relay", "relay": cfg.Name}),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
@@ -363,13 +374,17 @@ func (r *Relay) claim(ctx context.Context) ([]row, error) {
 	return rows, nil
 }
 
-// sendAll sends each row, concurrently, until deadline.
+// sendAll sends the rows, concurrently, until deadline: a destination's
+// rows in calls of up to MaxBatch (with a BatchSender) or one by one, in
+// offset order.
 func (r *Relay) sendAll(ctx context.Context, deadline time.Time, rows []row) []result {
 	sctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	results := make([]result, len(rows))
-	sem := make(chan struct{}, r.cfg.Concurrency)
-	var wg sync.WaitGroup
+	msgs := make([]*message.Message, len(rows))
+	var dests []string
+	byDest := map[string][]int{} // row indexes
+	groups := map[string]bool{}
 	for i, w := range rows {
 		// Past MaxAttempts only through leases that expired without an
 		// outcome: relays keep dying or stalling on this row.
@@ -377,55 +392,104 @@ func (r *Relay) sendAll(ctx context.Context, deadline time.Time, rows []row) []r
 			results[i] = result{park, fmt.Errorf("claimed %d times without an outcome: a relay died or stalled while sending it", w.attempts)}
 			continue
 		}
+		// The claim takes one row per group. Were there two, the later
+		// would wait for the next round rather than go out beside, or
+		// ahead of, one that fails.
+		if w.group.Valid {
+			if groups[w.group.String] {
+				results[i] = result{outcome: untried}
+				continue
+			}
+			groups[w.group.String] = true
+		}
 		msg, err := w.message()
 		if err != nil {
 			results[i] = result{park, err}
 			continue
 		}
-		select {
-		case sem <- struct{}{}:
-		case <-sctx.Done():
+		msg.SetContext(sctx)
+		msgs[i] = msg
+		if _, ok := byDest[w.dest]; !ok {
+			dests = append(dests, w.dest)
 		}
-		if sctx.Err() != nil { // the deadline passed, or the relay is abandoning the batch
-			results[i] = result{outcome: untried}
-			continue
+		byDest[w.dest] = append(byDest[w.dest], i)
+	}
+	per := 1
+	if r.batch != nil {
+		per = MaxBatch
+	}
+	sem := make(chan struct{}, r.cfg.Concurrency)
+	var wg sync.WaitGroup
+	for _, dest := range dests {
+		for call := range slices.Chunk(byDest[dest], per) {
+			select {
+			case sem <- struct{}{}:
+			case <-sctx.Done():
+			}
+			if sctx.Err() != nil { // the deadline passed, or the relay is abandoning the batch
+				for _, i := range call {
+					results[i] = result{outcome: untried}
+				}
+				continue
+			}
+			batch := make([]*message.Message, len(call))
+			for k, i := range call {
+				batch[k] = msgs[i]
+			}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				for k, err := range r.send(sctx, dest, batch) {
+					results[call[k]] = r.classify(rows[call[k]], err)
+				}
+			})
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			results[i] = r.classify(w, r.send(sctx, w.dest, msg))
-		}()
 	}
 	wg.Wait()
 	return results
 }
 
-// send publishes msg, waiting at most until ctx ends: a publisher that
+// send publishes msgs, waiting at most until ctx ends: a publisher that
 // ignores the message's context (watermill-aws uses its own) may still be
-// sending then, and the row is retried later like any failure.
-func (r *Relay) send(ctx context.Context, dest string, msg *message.Message) error {
-	msg.SetContext(ctx)
-	done := make(chan error, 1)
+// sending then, and the rows are retried later like any failure. It
+// returns each message's outcome.
+func (r *Relay) send(ctx context.Context, dest string, msgs []*message.Message) []error {
+	sendCalls.Inc()
+	done := make(chan []error, 1)
 	go func() {
 		defer func() {
 			if p := recover(); p != nil {
-				done <- fmt.Errorf("publisher panicked: %v", p)
+				done <- each(len(msgs), fmt.Errorf("publisher panicked: %v", p))
 			}
 		}()
-		done <- r.out.Publish(dest, msg)
+		if r.batch == nil {
+			done <- []error{r.out.Publish(dest, msgs[0])}
+			return
+		}
+		errs := r.batch.SendBatch(ctx, dest, msgs)
+		if len(errs) != len(msgs) {
+			errs = each(len(msgs), fmt.Errorf("the publisher answered for %d of %d messages", len(errs), len(msgs)))
+		}
+		done <- errs
 	}()
 	select {
-	case err := <-done:
-		return err
+	case errs := <-done:
+		return errs
 	case <-ctx.Done():
 		select {
-		case err := <-done:
-			return err
+		case errs := <-done:
+			return errs
 		default:
-			return fmt.Errorf("no answer from the publisher in time: %w", ctx.Err())
+			return each(len(msgs), fmt.Errorf("no answer from the publisher in time: %w", ctx.Err()))
 		}
 	}
+}
+
+func each(n int, err error) []error {
+	errs := make([]error, n)
+	for i := range errs {
+		errs[i] = err
+	}
+	return errs
 }
 
 func (r *Relay) classify(w row, err error) result {
@@ -441,60 +505,68 @@ func (r *Relay) classify(w row, err error) result {
 	}
 }
 
-// record deletes the sent rows and writes back the others, in one short
-// transaction. Updates are fenced by attempts: if this relay's lease
-// expired and another relay claimed the row since, they change nothing.
+// recordQuery deletes the sent rows and writes back the others, given as
+// a JSON array of {o: offset, a: attempts, k: outcome, b: backoff in ms,
+// e: error}. Write-backs are fenced by attempts: if this relay's lease
+// expired and another relay claimed the row since, they change nothing. A
+// row given back untried loses the attempt its claim counted.
+const recordQuery = `
+WITH r AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(o bigint, a integer, k text, b bigint, e text)
+), sent AS (
+    DELETE FROM watermill_outbox o USING r WHERE r.k = 'sent' AND o."offset" = r.o
+)
+UPDATE watermill_outbox o
+SET leased_until = NULL, leased_by = NULL,
+    attempts        = CASE r.k WHEN 'untried' THEN o.attempts - 1 ELSE o.attempts END,
+    next_attempt_at = CASE r.k WHEN 'failed' THEN now() + r.b * interval '1 millisecond' WHEN 'parked' THEN NULL ELSE o.next_attempt_at END,
+    parked_at       = CASE r.k WHEN 'parked' THEN now() ELSE o.parked_at END,
+    last_error      = CASE WHEN r.k IN ('failed', 'parked') THEN r.e ELSE o.last_error END
+FROM r
+WHERE r.k <> 'sent' AND o."offset" = r.o AND o.attempts = r.a`
+
+type recorded struct {
+	Offset   int64  `json:"o"`
+	Attempts int64  `json:"a"`
+	Outcome  string `json:"k"`
+	Backoff  int64  `json:"b,omitempty"`
+	Err      string `json:"e,omitempty"`
+}
+
+// record writes the outcomes of a round in one statement.
 func (r *Relay) record(ctx context.Context, rows []row, results []result) error {
-	tx, err := r.db.BeginTx(ctx, nil)
+	out := make([]recorded, len(rows))
+	for i, w := range rows {
+		res := results[i]
+		rec := recorded{Offset: w.offset, Attempts: w.attempts}
+		switch res.outcome {
+		case sent:
+			rec.Outcome = "sent"
+		case failed:
+			rec.Outcome, rec.Backoff, rec.Err = "failed", r.cfg.backoff(w.attempts).Milliseconds(), reason(res.err)
+		case park:
+			rec.Outcome, rec.Err = "parked", reason(res.err)
+		case untried:
+			rec.Outcome = "untried"
+		}
+		out[i] = rec
+	}
+	doc, err := json.Marshal(out)
 	if err != nil {
 		return err
 	}
-	defer tx.Rollback()
-	var sentOffsets []string
-	for i, w := range rows {
-		if results[i].outcome == sent {
-			sentOffsets = append(sentOffsets, strconv.FormatInt(w.offset, 10))
-		}
-	}
-	if len(sentOffsets) > 0 {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM watermill_outbox WHERE "offset" = ANY($1::bigint[])`,
-			"{"+strings.Join(sentOffsets, ",")+"}"); err != nil {
-			return err
-		}
-	}
-	for i, w := range rows {
-		res := results[i]
-		var err error
-		switch res.outcome {
-		case failed:
-			_, err = tx.ExecContext(ctx, `UPDATE watermill_outbox
-				SET leased_until = NULL, leased_by = NULL, next_attempt_at = now() + $3 * interval '1 millisecond', last_error = $4
-				WHERE "offset" = $1 AND attempts = $2`,
-				w.offset, w.attempts, r.cfg.backoff(w.attempts).Milliseconds(), reason(res.err))
-		case park:
-			_, err = tx.ExecContext(ctx, `UPDATE watermill_outbox
-				SET leased_until = NULL, leased_by = NULL, next_attempt_at = NULL, parked_at = now(), last_error = $3
-				WHERE "offset" = $1 AND attempts = $2`,
-				w.offset, w.attempts, reason(res.err))
-		case untried: // not an attempt: give it back as it was
-			_, err = tx.ExecContext(ctx, `UPDATE watermill_outbox
-				SET leased_until = NULL, leased_by = NULL, attempts = attempts - 1
-				WHERE "offset" = $1 AND attempts = $2`,
-				w.offset, w.attempts)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return tx.Commit()
+	_, err = r.db.ExecContext(ctx, recordQuery, string(doc))
+	return err
 }
 
+// reason is err as last_error keeps it: at most 2,000 bytes of valid
+// UTF-8 without NUL, which text cannot hold.
 func reason(err error) string {
 	s := err.Error()
 	if len(s) > 2000 {
 		s = s[:2000]
 	}
-	return s
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
 }
 
 func (r *Relay) count(rows []row, results []result) {

@@ -147,21 +147,59 @@ func (p *BatchPublisher) Publish(topic string, msgs ...*message.Message) error {
 	return errors.Join(errs...)
 }
 
+// PublishEach sends msgs at once, without lingering, in calls of up to
+// MaxEntries (fewer where SQS's 256 KiB per call would be passed), one
+// after another in order, and returns each message's outcome: nil once
+// SQS confirmed it. A message SQS would refuse fails with
+// ErrInvalidMessage, unsent; the others are sent all the same.
+func (p *BatchPublisher) PublishEach(msgs ...*message.Message) []error {
+	errs := make([]error, len(msgs))
+	type call struct {
+		entries []*entry
+		index   []int // of each entry in msgs
+		size    int
+	}
+	var calls []*call
+	for i, m := range msgs {
+		e, err := p.newEntry(m)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		if len(calls) == 0 || len(calls[len(calls)-1].entries) == p.cfg.MaxEntries || calls[len(calls)-1].size+e.size > maxBatchBytes {
+			calls = append(calls, &call{})
+		}
+		c := calls[len(calls)-1]
+		c.entries, c.index, c.size = append(c.entries, e), append(c.index, i), c.size+e.size
+	}
+	for _, c := range calls {
+		p.sendBatch(c.entries)
+		for j, e := range c.entries {
+			errs[c.index[j]] = <-e.done
+		}
+	}
+	return errs
+}
+
+// ErrInvalidMessage: SQS would refuse the message as it is (no group id,
+// too large, too many attributes); sending it again cannot help.
+var ErrInvalidMessage = errors.New("message SQS would refuse")
+
 func (p *BatchPublisher) newEntry(m *message.Message) (*entry, error) {
 	sm, err := p.marshaler.Marshal(m)
 	if err != nil {
-		return nil, fmt.Errorf("marshal message %s: %w", m.UUID, err)
+		return nil, fmt.Errorf("%w: marshal message %s: %w", ErrInvalidMessage, m.UUID, err)
 	}
 	in, err := FIFOSendInput(m.Context(), wsqs.QueueURL(p.url), sm)
 	if err != nil {
-		return nil, fmt.Errorf("message %s: %w", m.UUID, err)
+		return nil, fmt.Errorf("%w: message %s: %w", ErrInvalidMessage, m.UUID, err)
 	}
 	size := len(aws.ToString(in.MessageBody))
 	for k, v := range in.MessageAttributes {
 		size += len(k) + len(aws.ToString(v.DataType)) + len(aws.ToString(v.StringValue)) + len(v.BinaryValue)
 	}
 	if size > maxBatchBytes {
-		return nil, fmt.Errorf("message %s is %d bytes; SQS allows %d", m.UUID, size, maxBatchBytes)
+		return nil, fmt.Errorf("%w: message %s is %d bytes; SQS allows %d", ErrInvalidMessage, m.UUID, size, maxBatchBytes)
 	}
 	return &entry{
 		msgID: m.UUID,

@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -108,10 +107,13 @@ func (c *Consumer) Subscribe(ctx context.Context, topic string) (<-chan *message
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.stopped {
-		return nil, errors.New("consumer stopped")
-	}
 	out := make(chan *message.Message)
+	if c.stopped {
+		// Stopped before the router got to subscribe (a SIGTERM right at
+		// start): nothing to receive, and the router's handler ends.
+		close(out)
+		return out, nil
+	}
 	acks := make(chan string, 10*c.cfg.MaxMessages)
 	c.deleters = append(c.deleters, acks)
 	c.deleting.Add(1)

@@ -307,3 +307,23 @@ func waitUntil(d time.Duration, done func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestConsumerSubscribeAfterStopEnds: a router that subscribes only after
+// the drain began (a SIGTERM right at start) gets a closed channel, so its
+// handler ends instead of waiting out the router's close timeout.
+func TestConsumerSubscribeAfterStopEnds(t *testing.T) {
+	_, c, _, cons := consumerQueue(t, 30*time.Second, time.Second)
+	cons.Stop()
+	ch, err := cons.Subscribe(context.Background(), c.CommandQueue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case _, open := <-ch:
+		if open {
+			t.Fatal("a message after Stop")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the channel of a subscription made after Stop stays open")
+	}
+}

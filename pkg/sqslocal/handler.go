@@ -17,9 +17,10 @@ import (
 )
 
 // handler sits in front of goaws's router. It serves ReceiveMessage and
-// SendMessage for FIFO queues and SendMessageBatch for every queue itself,
-// on goaws's queue state and under goaws's lock; everything else goes to
-// goaws, which finds the messages and receipt handles it expects.
+// SendMessage for FIFO queues, and SendMessageBatch, DeleteMessage and
+// DeleteMessageBatch for every queue itself, on goaws's queue state and
+// under goaws's lock; everything else goes to goaws, which finds the
+// messages and receipt handles it expects.
 type handler struct {
 	goaws http.Handler
 	st    *state
@@ -86,6 +87,16 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "SendMessageBatch":
 		if queueIs(c.queue, false) {
 			h.sendMessageBatch(w, c)
+			return
+		}
+	case "DeleteMessage":
+		if queueIs(c.queue, false) {
+			h.deleteMessage(w, c)
+			return
+		}
+	case "DeleteMessageBatch":
+		if queueIs(c.queue, false) {
+			h.deleteMessageBatch(w, c)
 			return
 		}
 	}
@@ -166,14 +177,17 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
-// reply answers in the call's protocol: jsonBody as JSON, or xmlBody (one
-// of goaws's response types) as XML, as goaws's router encodes them.
+// reply answers in the call's protocol: jsonBody as JSON (nil: no body),
+// or xmlBody (one of goaws's response types) as XML, as goaws's router
+// encodes them.
 func (c call) reply(w http.ResponseWriter, status int, jsonBody, xmlBody any) {
 	if c.json {
 		w.Header().Set("x-amzn-RequestId", models.BaseResponseMetadata.RequestId)
 		w.Header().Set("Content-Type", jsonContentType)
 		w.WriteHeader(status)
-		_ = json.NewEncoder(w).Encode(jsonBody)
+		if jsonBody != nil {
+			_ = json.NewEncoder(w).Encode(jsonBody)
+		}
 		return
 	}
 	out, err := xml.Marshal(xmlBody)

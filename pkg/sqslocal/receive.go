@@ -224,6 +224,11 @@ func (h *handler) take(name string, in receiveInput) (out []*models.ResultMessag
 			continue
 		}
 		if len(picked[m.GroupID]) == 0 {
+			if len(groups) == max {
+				// Each group before it gives at least one message: no
+				// group after the max-th can be in the answer.
+				continue
+			}
 			groups = append(groups, m.GroupID)
 		}
 		if len(picked[m.GroupID]) < max {
@@ -250,8 +255,9 @@ func (h *handler) take(name string, in receiveInput) (out []*models.ResultMessag
 			m.VisibilityTimeout = now.Add(time.Duration(visibility) * time.Second)
 			m.NumberOfReceives++
 			info := qs.info(m)
-			if info.firstReceive.IsZero() {
-				info.firstReceive = now
+			if info.firstReceive == 0 {
+				info.firstReceive = now.UnixMilli()
+				qs.messages[m.Uuid] = info
 			}
 			out = append(out, result(m, info, in))
 		}
@@ -261,7 +267,7 @@ func (h *handler) take(name string, in receiveInput) (out []*models.ResultMessag
 
 // result is a received message as SQS returns it: only the attributes asked
 // for.
-func result(m *models.SqsMessage, info *messageInfo, in receiveInput) *models.ResultMessage {
+func result(m *models.SqsMessage, info messageInfo, in receiveInput) *models.ResultMessage {
 	r := &models.ResultMessage{
 		MessageId:     m.Uuid,
 		ReceiptHandle: m.ReceiptHandle,
@@ -279,8 +285,8 @@ func result(m *models.SqsMessage, info *messageInfo, in receiveInput) *models.Re
 		"SenderId":                         models.CurrentEnvironment.AccountID,
 		"SentTimestamp":                    millis(m.SentTime),
 		"ApproximateReceiveCount":          strconv.Itoa(m.NumberOfReceives),
-		"ApproximateFirstReceiveTimestamp": millis(info.firstReceive),
-		"SequenceNumber":                   info.seq,
+		"ApproximateFirstReceiveTimestamp": strconv.FormatInt(info.firstReceive, 10),
+		"SequenceNumber":                   seqString(info.seq),
 		"MessageGroupId":                   m.GroupID,
 		"MessageDeduplicationId":           m.DeduplicationID,
 	}

@@ -48,9 +48,10 @@ func (h *handler) enqueue(q *models.Queue, o outgoing, now time.Time) sent {
 	if o.delaySeconds != 0 {
 		delay = o.delaySeconds
 	}
+	id := uuid.New()
 	m := models.SqsMessage{
 		MessageBody:            o.body,
-		Uuid:                   uuid.NewString(),
+		Uuid:                   id.String(),
 		MD5OfMessageBody:       s.md5Body,
 		MD5OfMessageAttributes: s.md5Attributes,
 		MessageAttributes:      o.attributes,
@@ -72,15 +73,16 @@ func (h *handler) enqueue(q *models.Queue, o outgoing, now time.Time) sent {
 	dedup := q.EnableDuplicates && o.dedup != ""
 	if dedup {
 		if first, ok := qs.duplicate(o.dedup, now, h.st.dedupWindow); ok {
-			s.messageID, s.seq = first.messageID, first.seq
+			s.messageID, s.seq = first.messageID.String(), seqString(first.seq)
 			return s
 		}
 	}
-	s.messageID, s.seq = m.Uuid, qs.nextSeq()
+	seq := qs.nextSeq()
+	s.messageID, s.seq = m.Uuid, seqString(seq)
 	q.Messages = append(q.Messages, m)
-	qs.messages[m.Uuid] = &messageInfo{seq: s.seq}
+	qs.add(m.Uuid, messageInfo{seq: seq})
 	if dedup {
-		qs.remember(o.dedup, sentMessage{at: now, messageID: s.messageID, seq: s.seq})
+		qs.remember(o.dedup, sentMessage{at: now.UnixNano(), messageID: id, seq: seq})
 	}
 	return s
 }

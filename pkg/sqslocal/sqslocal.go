@@ -8,9 +8,14 @@
 // ReceiveMessage and SendMessage for FIFO queues itself, from goaws's
 // queue state under goaws's lock, with SQS FIFO's rule: while a group has
 // a message in flight, nothing more of it is delivered. It also answers
-// SendMessageBatch, whose goaws reply the AWS SDK cannot read. Everything
-// else (deletes, visibility changes, queues, standard receives) is
-// goaws's. See docs/sqs.md.
+// SendMessageBatch, whose goaws reply the AWS SDK cannot read, and deletes,
+// which goaws makes by copying or shifting the whole queue. Everything else
+// (visibility changes, queues, standard receives) is goaws's.
+//
+// Memory is bounded by what is queued: deleted messages and sqslocal's
+// records of them go at once; messages past their queue's retention period
+// (optionally capped, Options.MaxRetention), expired deduplication ids, and
+// what goaws's own paths leave behind go at each tick. See docs/sqs.md.
 package sqslocal
 
 import (
@@ -54,8 +59,28 @@ var running sync.Mutex // goaws keeps its queues in package globals
 // receive wakes on every change to its queue, and looks at least every
 // tick (at most 1 s) for the changes goaws's periodic task makes.
 func Start(addr string, tick time.Duration) (*Emulator, error) {
+	return StartWith(addr, Options{Tick: tick})
+}
+
+// Options tune an emulator.
+type Options struct {
+	// Tick: see Start. Required.
+	Tick time.Duration
+	// MaxRetention caps every queue's MessageRetentionPeriod; 0 keeps each
+	// queue's own (SQS's default, 4 days, if it sets none). Locally a
+	// queue nobody consumes, such as the notification queue, otherwise
+	// holds every message sent to it for its whole retention period.
+	MaxRetention time.Duration
+}
+
+// StartWith is Start with options.
+func StartWith(addr string, o Options) (*Emulator, error) {
+	tick := o.Tick
 	if tick <= 0 {
 		return nil, errors.New("sqslocal: tick must be positive")
+	}
+	if o.MaxRetention < 0 {
+		return nil, errors.New("sqslocal: max retention must not be negative")
 	}
 	if !running.TryLock() {
 		return nil, errors.New("sqslocal: an emulator is already running in this process")
@@ -81,7 +106,7 @@ func Start(addr string, tick time.Duration) (*Emulator, error) {
 
 	e := &Emulator{
 		URL:     "http://" + ln.Addr().String(),
-		st:      newState(),
+		st:      newState(o.MaxRetention),
 		quit:    make(chan bool),
 		closing: make(chan struct{}),
 	}

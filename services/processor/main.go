@@ -146,7 +146,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		router.AddConsumerHandler(fmt.Sprintf("apply_command_%d", i), cfg.Queue.CommandQueue, commands, a.handle)
 	}
 
-	relay, err := outbox.NewRelay(db.DB, pub, outbox.RelayConfig{PollInterval: cfg.OutboxPollInterval, BatchSize: cfg.OutboxBatchSize}, wlog)
+	// Notifications go out ten to a SendMessageBatch call.
+	notifications := outbox.NewSQSSender(client, map[string]string{cfg.Queue.NotificationQueue: urls.Notification})
+	defer notifications.Close()
+	relay, err := outbox.NewRelay(db.DB, notifications, outbox.RelayConfig{PollInterval: cfg.OutboxPollInterval, BatchSize: cfg.OutboxBatchSize}, wlog)
 	if err != nil {
 		return err
 	}

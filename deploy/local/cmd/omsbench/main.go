@@ -71,6 +71,7 @@ type config struct {
 
 	CPUProfile      string
 	ProfileDuration time.Duration
+	Notes           string // a markdown file appended to the report
 }
 
 func parseFlags(args []string) (config, error) {
@@ -101,6 +102,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.ReadDuration, "read-duration", 5*time.Second, "length of each read run (whole seconds for its pgbench ceiling)")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "fetch CPU profiles of the services during the drain into this directory (needs /debug/pprof on their admin ports)")
 	fs.DurationVar(&c.ProfileDuration, "profile-duration", 10*time.Second, "length of each -cpuprofile profile")
+	fs.StringVar(&c.Notes, "notes", "", "a markdown file appended to the report as it is (what the figures meant, and the history behind them)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -198,6 +200,13 @@ func run(ctx context.Context, cfg config, log io.Writer) error {
 	}
 
 	r := &results{Config: cfg, Started: time.Now().UTC(), GoVersion: runtime.Version(), NProc: runtime.NumCPU()}
+	if cfg.Notes != "" {
+		notes, err := os.ReadFile(cfg.Notes)
+		if err != nil {
+			return err
+		}
+		r.Notes = string(notes)
+	}
 	r.CPUModel, r.Memory, r.Kernel, r.LoadAvg = machineInfo()
 	r.Commit = gitCommit()
 

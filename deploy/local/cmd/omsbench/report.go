@@ -22,9 +22,11 @@ type results struct {
 	Finished time.Time
 
 	GoVersion, CPUModel, Memory, Kernel, LoadAvg, Commit string
-	NProc                                                int
-	PostgresVersion                                      string
-	Subscriptions                                        int
+	// Notes is appended to the report as it is (-notes).
+	Notes           string
+	NProc           int
+	PostgresVersion string
+	Subscriptions   int
 
 	CreateCeiling    float64
 	CreateCeilingErr error
@@ -280,6 +282,9 @@ func (r *results) write(w io.Writer) error {
 - **Reads.** Go clients in the bench over one gRPC connection or a pool of HTTP connections, on up to 10,000 of the run's orders picked at random, for a fixed time; the ceiling is pgbench running the same SELECTs with prepared statements on the same rows.
 - **CPU** is utime + stime from /proc/<pid>/stat, sampled every 200 ms, differenced over the phase. **Peak RSS** is VmHWM from /proc/<pid>/status.
 `)
+	if r.Notes != "" {
+		p("\n%s", r.Notes)
+	}
 	return b.Flush()
 }
 

@@ -193,7 +193,7 @@ func startStack(ctx context.Context, cfg config, say func(string, ...any)) (s *s
 		return s, err
 	}
 
-	if err := s.start(ctx, nameSQS, []string{"-addr", s.sqsAddr}, nil, s.sqsAddr, false); err != nil {
+	if err := s.start(ctx, nameSQS, []string{"-addr", s.sqsAddr, "-max-retention", "2m"}, nil, s.sqsAddr, false); err != nil {
 		return s, err
 	}
 	migrate := exec.CommandContext(ctx, filepath.Join(s.bin, nameProcessor), "migrate", "up")

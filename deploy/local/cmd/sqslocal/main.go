@@ -19,10 +19,11 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:4100", "listen address")
 	tick := flag.Duration("tick", 250*time.Millisecond, "how often lapsed visibility timeouts, redrive and memory are swept; FIFO receives do not wait for it")
+	maxRetention := flag.Duration("max-retention", 0, "drop messages older than this from every queue (0: each queue's own MessageRetentionPeriod); bounds queues nobody consumes, such as the local notification queue")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	e, err := sqslocal.Start(*addr, *tick)
+	e, err := sqslocal.StartWith(*addr, sqslocal.Options{Tick: *tick, MaxRetention: *maxRetention})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sqslocal:", err)
 		os.Exit(1)
