@@ -36,12 +36,8 @@ func (h *handler) deleteMessageBatch(w http.ResponseWriter, c call) {
 		c.goawsError(w, "InvalidParameterValue")
 		return
 	}
-	switch {
-	case len(in.Entries) == 0:
-		c.goawsError(w, "EmptyBatchRequest")
-		return
-	case len(in.Entries) > 10:
-		c.goawsError(w, "TooManyEntriesInBatchRequest")
+	if code := batchSizeError(len(in.Entries)); code != "" {
+		c.goawsError(w, code)
 		return
 	}
 	ids := map[string]bool{}

@@ -142,12 +142,8 @@ func (h *handler) sendMessageBatch(w http.ResponseWriter, c call) {
 		c.goawsError(w, "InvalidParameterValue")
 		return
 	}
-	switch {
-	case len(in.Entries) == 0:
-		c.goawsError(w, "EmptyBatchRequest")
-		return
-	case len(in.Entries) > 10:
-		c.goawsError(w, "TooManyEntriesInBatchRequest")
+	if code := batchSizeError(len(in.Entries)); code != "" {
+		c.goawsError(w, code)
 		return
 	}
 	ids := map[string]bool{}
@@ -187,4 +183,15 @@ func (h *handler) sendMessageBatch(w http.ResponseWriter, c call) {
 		xmlRes.Entry[i] = models.SendMessageBatchResultEntry(s)
 	}
 	c.reply(w, http.StatusOK, res, models.SendMessageBatchResponse{Xmlns: models.BaseXmlns, Result: xmlRes, Metadata: models.BaseResponseMetadata})
+}
+
+// batchSizeError is SQS's error code for a batch of n entries, or "".
+func batchSizeError(n int) string {
+	switch {
+	case n == 0:
+		return "EmptyBatchRequest"
+	case n > 10:
+		return "TooManyEntriesInBatchRequest"
+	}
+	return ""
 }
