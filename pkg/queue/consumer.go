@@ -509,12 +509,20 @@ func byGroup(msgs []types.Message) [][]types.Message {
 	return groups
 }
 
-// deleteLoop deletes acked messages, up to 10 per call: as many as have
-// been acked since the last call.
+// deleteLinger is how long an ack waits for others to share its
+// DeleteMessageBatch call. A late delete costs nothing but the message's
+// place in flight: its group moves on as soon as it is acked.
+const deleteLinger = 5 * time.Millisecond
+
+// deleteLoop deletes acked messages, up to 10 per call: those acked
+// within deleteLinger of the first.
 func (c *Consumer) deleteLoop(url string, acks <-chan string) {
 	defer c.deleting.Done()
+	timer := time.NewTimer(deleteLinger)
+	timer.Stop()
 	for h := range acks {
 		batch := []string{h}
+		timer.Reset(deleteLinger)
 	more:
 		for len(batch) < 10 {
 			select {
@@ -523,10 +531,11 @@ func (c *Consumer) deleteLoop(url string, acks <-chan string) {
 					break more
 				}
 				batch = append(batch, h)
-			default:
+			case <-timer.C:
 				break more
 			}
 		}
+		timer.Stop()
 		c.batch(url, batch, "delete", func(ctx context.Context, entries []string) ([]string, error) {
 			in := &sqs.DeleteMessageBatchInput{QueueUrl: aws.String(url)}
 			for i, h := range entries {
