@@ -21,3 +21,10 @@ func Entries(l *RateLimiter) int {
 	defer l.mu.Unlock()
 	return len(l.buckets)
 }
+
+// SetTokenCacheSize replaces the verifier's token cache with an empty one
+// of n entries.
+func SetTokenCacheSize(v *Verifier, n int) { v.cache = newTokenCache(n) }
+
+// TokenCacheLen is how many verified tokens v remembers.
+func TokenCacheLen(v *Verifier) int { return v.cache.len() }

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
@@ -19,6 +20,7 @@ import (
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwk"
 	"github.com/lestrrat-go/jwx/v3/jws"
+	"github.com/lestrrat-go/jwx/v3/jws/jwsbb"
 	"github.com/lestrrat-go/jwx/v3/jwt"
 )
 
@@ -72,6 +74,8 @@ type Verifier struct {
 	cfg  Config
 	log  *slog.Logger
 	keys *keyCache // nil in insecure dev mode
+	// cache remembers verified tokens briefly (tokencache.go).
+	cache *tokenCache
 }
 
 // NewVerifier checks cfg and loads the signing keys. A JWKS that cannot be
@@ -86,7 +90,7 @@ func NewVerifier(ctx context.Context, cfg Config, log *slog.Logger) (*Verifier, 
 		log = slog.New(slog.DiscardHandler)
 	}
 	cfg = cfg.withDefaults()
-	v := &Verifier{cfg: cfg, log: log}
+	v := &Verifier{cfg: cfg, log: log, cache: newTokenCache(tokenCacheEntries)}
 	if cfg.InsecureDevMode {
 		log.Warn(DevModeWarning)
 		go repeatWarning(ctx, log, 15*time.Minute)
@@ -136,20 +140,14 @@ func (v *Verifier) Verify(ctx context.Context, rawToken string) (Principal, erro
 	if len(rawToken) > maxTokenBytes || strings.Count(rawToken, ".") != 2 {
 		return Principal{}, ErrMalformed
 	}
-	msg, err := jws.ParseString(rawToken)
-	if err != nil || len(msg.Signatures()) != 1 {
-		return Principal{}, ErrMalformed
+	now := time.Now()
+	ck := keyOf(rawToken)
+	if p, ok := v.cache.get(ck, now, v.keys.holds); ok {
+		return p, nil
 	}
-	hdr := msg.Signatures()[0].ProtectedHeaders()
-	alg, ok := hdr.Algorithm()
-	// Decided here, from a fixed list, before any key is touched: this
-	// is what stops "none" and HS256-with-the-public-key.
-	if !ok || (alg != jwa.RS256() && alg != jwa.ES256()) {
-		return Principal{}, ErrAlgorithm
-	}
-	kid, ok := hdr.KeyID()
-	if !ok || kid == "" {
-		return Principal{}, ErrNoKeyID
+	alg, kid, err := compactHeader(rawToken)
+	if err != nil {
+		return Principal{}, err
 	}
 	key, ok := v.keys.lookup(ctx, kid)
 	if !ok {
@@ -158,6 +156,8 @@ func (v *Verifier) Verify(ctx context.Context, rawToken string) (Principal, erro
 	if key.alg != alg {
 		return Principal{}, ErrKeyMismatch
 	}
+	// One parse: the signature is verified, then the claims decoded and
+	// validated.
 	tok, err := jwt.Parse([]byte(rawToken),
 		jwt.WithKey(alg, key.raw),
 		jwt.WithIssuer(v.cfg.Issuer),
@@ -171,10 +171,55 @@ func (v *Verifier) Verify(ctx context.Context, rawToken string) (Principal, erro
 		return Principal{}, safe
 	}
 	p, err := principalOf(tok)
-	if err == nil && p.Kind == Service && len(v.cfg.ServiceClients) > 0 && !slices.Contains(v.cfg.ServiceClients, p.Subject) {
+	if err != nil {
+		return Principal{}, err
+	}
+	if p.Kind == Service && len(v.cfg.ServiceClients) > 0 && !slices.Contains(v.cfg.ServiceClients, p.Subject) {
 		return Principal{}, ErrUnknownClient
 	}
-	return p, err
+	if exp, ok := tok.Expiration(); ok {
+		v.cache.put(ck, cachedToken{p: p, kid: kid, key: key.raw, until: minTime(exp, now.Add(tokenCacheTTL))}, now)
+	}
+	return p, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// compactHeader reads the algorithm and key id from a compact token's
+// protected header, with the same parser jwt.Parse then verifies with.
+// The algorithm is decided here, from a fixed list, before any key is
+// touched: this is what stops "none" and HS256-with-the-public-key.
+func compactHeader(raw string) (jwa.SignatureAlgorithm, string, error) {
+	var none jwa.SignatureAlgorithm
+	seg, _, _ := strings.Cut(raw, ".")
+	hdr := jwsbb.HeaderParseCompact([]byte(seg))
+	name, err := jwsbb.HeaderGetString(hdr, jws.AlgorithmKey)
+	switch {
+	case errors.Is(err, jwsbb.ErrHeaderNotFound()):
+		return none, "", ErrAlgorithm
+	case err != nil:
+		return none, "", ErrMalformed // not base64, not a JSON object, or alg not a string
+	}
+	alg, known := jwa.LookupSignatureAlgorithm(name)
+	if !known {
+		return none, "", ErrMalformed
+	}
+	if alg != jwa.RS256() && alg != jwa.ES256() {
+		return none, "", ErrAlgorithm
+	}
+	kid, err := jwsbb.HeaderGetString(hdr, jws.KeyIDKey)
+	switch {
+	case errors.Is(err, jwsbb.ErrHeaderNotFound()) || (err == nil && kid == ""):
+		return none, "", ErrNoKeyID
+	case err != nil:
+		return none, "", ErrMalformed
+	}
+	return alg, kid, nil
 }
 
 // classify maps a jwx error to one of ours.
@@ -394,6 +439,20 @@ func newKeyCache(src keySource, log *slog.Logger, unknownKidEvery time.Duration)
 func (c *keyCache) get(kid string) (verifyKey, bool) {
 	k, ok := (*c.keys.Load())[kid]
 	return k, ok
+}
+
+// holds reports whether kid still names the public key raw (a refresh
+// parses the keys anew, so equal keys are not always the same pointer).
+func (c *keyCache) holds(kid string, raw any) bool {
+	k, ok := c.get(kid)
+	if !ok {
+		return false
+	}
+	if k.raw == raw {
+		return true
+	}
+	eq, ok := k.raw.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && eq.Equal(raw)
 }
 
 // lookup finds kid, refreshing the keys once if it is unknown: an

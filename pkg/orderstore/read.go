@@ -3,12 +3,17 @@ package orderstore
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
+	"reflect"
 	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
 
 	"github.com/omsdev/oms/pkg/order"
 )
@@ -46,7 +51,7 @@ func KnownField(field string) bool {
 // whether line items are wanted.
 func columns(fields []string, extra ...string) ([]string, bool, error) {
 	if len(fields) == 0 {
-		return nil, true, nil // bun selects every column of the model
+		return nil, true, nil // every column (allColumns)
 	}
 	cols := slices.Clone(extra)
 	lines := false
@@ -107,52 +112,55 @@ func (s *Store) Get(ctx context.Context, id string, fields []string, actor order
 	return o, err
 }
 
+// get is one prepared statement and one row: the order's columns, and
+// its line items as one JSON value when they are wanted (PostgreSQL spends
+// less on that than on a join's row per line, and so does the scan).
 func (s *Store) get(ctx context.Context, id string, fields []string, actor order.Actor) (*order.Order, error) {
-	// id always: it keys the line items and proves the order exists.
-	cols, wantLines, err := columns(fields, "id")
+	vis, who := visibility(actor)
+	if vis == seesNone {
+		return nil, ErrNotFound
+	}
+	gq, err := getQueryFor(fields, vis)
 	if err != nil {
 		return nil, err
 	}
-	var row orderRow
-	q := visibleTo(s.db.NewSelect().Model(&row).Where("id = ?", id), actor)
-	if cols != nil {
-		q = q.Column(cols...)
+	cols, wantLines := gq.cols, gq.lines
+	args := []any{id}
+	if vis != seesAll {
+		args = append(args, who)
 	}
-	if err := q.Scan(ctx); errors.Is(err, sql.ErrNoRows) {
-		return nil, ErrNotFound
-	} else if err != nil {
+	rows, err := statements(s.db.DB).query(ctx, gq.sql, args...)
+	if err != nil {
 		return nil, fmt.Errorf("get order %s: %w", id, err)
 	}
-	o := row.toOrder()
+	defer rows.Close()
+	// One allocation for everything the row scans into.
+	sc := new(struct {
+		row   orderRow
+		lines []order.LineItem
+		dest  [40]any
+	})
+	dest := sc.dest[:0]
+	for _, c := range cols {
+		dest = append(dest, sc.row.dest(c))
+	}
 	if wantLines {
-		if err := s.loadLines(ctx, []*order.Order{&o}); err != nil {
-			return nil, err
+		dest = append(dest, linesValue{&sc.lines})
+	}
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("get order %s: %w", id, err)
 		}
+		return nil, ErrNotFound
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return nil, fmt.Errorf("get order %s: %w", id, err)
+	}
+	o := sc.row.toOrder()
+	if wantLines {
+		o.Lines = sc.lines
 	}
 	return &o, nil
-}
-
-func (s *Store) loadLines(ctx context.Context, orders []*order.Order) error {
-	if len(orders) == 0 {
-		return nil
-	}
-	byID := make(map[string]*order.Order, len(orders))
-	ids := make([]string, len(orders))
-	for i, o := range orders {
-		byID[o.ID], ids[i] = o, o.ID
-		o.Lines = []order.LineItem{}
-	}
-	var rows []lineRow
-	err := s.db.NewSelect().Model(&rows).Where("order_id IN (?)", bun.In(ids)).
-		Order("order_id", "line_no").Scan(ctx)
-	if err != nil {
-		return fmt.Errorf("load line items: %w", err)
-	}
-	for _, r := range rows {
-		o := byID[r.OrderID]
-		o.Lines = append(o.Lines, order.LineItem{SKU: r.SKU, Name: r.Name, Quantity: r.Quantity, UnitPriceMinor: r.UnitPriceMinor})
-	}
-	return nil
 }
 
 // Cursor is a keyset position: the last order of the previous page.
@@ -190,26 +198,49 @@ func (s *Store) List(ctx context.Context, q ListQuery) (out []*order.Order, err 
 	return out, err
 }
 
+// list is one prepared statement: the page, with each order's line items
+// when they are wanted.
 func (s *Store) list(ctx context.Context, q ListQuery) ([]*order.Order, error) {
 	cols, wantLines, err := columns(q.Fields, "id", "create_time")
 	if err != nil {
 		return nil, err
 	}
-	var rows []orderRow
-	sel := visibleTo(s.db.NewSelect().Model(&rows), q.Actor)
-	if cols != nil {
-		sel = sel.Column(cols...)
+	if cols == nil {
+		cols = allColumns
+	}
+	var sb strings.Builder
+	sb.WriteString("SELECT ")
+	for i, c := range cols {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		sb.WriteString(selectColumn(c))
+	}
+	if wantLines {
+		sb.WriteString(", " + linesColumn)
+	}
+	sb.WriteString(" FROM orders AS o WHERE true")
+	var args []any
+	if !visibleSQL(&sb, q.Actor, &args) {
+		return nil, nil
+	}
+	param := func(v any, cast string) {
+		args = append(args, v)
+		sb.WriteString("$" + strconv.Itoa(len(args)) + cast)
 	}
 	if q.State != order.StateUnspecified {
-		sel = sel.Where("state = ?", q.State.String())
+		sb.WriteString(" AND o.state = ")
+		param(q.State.String(), "")
 	}
 	if q.CustomerID != "" {
-		sel = sel.Where("customer_id = ?", q.CustomerID)
+		sb.WriteString(" AND o.customer_id = ")
+		param(q.CustomerID, "")
 	}
 	for _, b := range q.CreateTime {
 		switch b.Op {
 		case "<", "<=", ">", ">=":
-			sel = sel.Where("create_time "+b.Op+" ?", b.Time)
+			sb.WriteString(" AND o.create_time " + b.Op + " ")
+			param(pgTime(b.Time), "::timestamptz")
 		default:
 			return nil, fmt.Errorf("bad create_time operator %q", b.Op)
 		}
@@ -219,21 +250,42 @@ func (s *Store) list(ctx context.Context, q ListQuery) ([]*order.Order, error) {
 		dir, cmp = "ASC", ">"
 	}
 	if q.After != nil {
-		sel = sel.Where("(create_time, id) "+cmp+" (?, ?)", q.After.CreateTime, q.After.ID)
+		sb.WriteString(" AND (o.create_time, o.id) " + cmp + " (")
+		param(pgTime(q.After.CreateTime), "::timestamptz")
+		sb.WriteString(", ")
+		param(q.After.ID, "::uuid")
+		sb.WriteString(")")
 	}
-	sel = sel.OrderExpr("create_time " + dir + ", id " + dir).Limit(int64(q.Limit))
-	if err := sel.Scan(ctx); err != nil {
+	// The limit is part of the statement, not a parameter, so that the
+	// plan is made for it.
+	sb.WriteString(" ORDER BY o.create_time " + dir + ", o.id " + dir + " LIMIT " + strconv.Itoa(max(q.Limit, 0)))
+	rows, err := statements(s.db.DB).query(ctx, sb.String(), args...)
+	if err != nil {
 		return nil, fmt.Errorf("list orders: %w", err)
 	}
-	out := make([]*order.Order, len(rows))
-	for i := range rows {
-		o := rows[i].toOrder()
-		out[i] = &o
-	}
-	if wantLines {
-		if err := s.loadLines(ctx, out); err != nil {
-			return nil, err
+	defer rows.Close()
+	out := make([]*order.Order, 0, max(q.Limit, 0))
+	dest := make([]any, len(cols), len(cols)+1)
+	for rows.Next() {
+		var row orderRow
+		var lines []order.LineItem
+		for i, c := range cols {
+			dest[i] = row.dest(c)
 		}
+		if wantLines {
+			dest = append(dest[:len(cols)], linesValue{&lines})
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("list orders: %w", err)
+		}
+		o := row.toOrder()
+		if wantLines {
+			o.Lines = lines
+		}
+		out = append(out, &o)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list orders: %w", err)
 	}
 	return out, nil
 }
@@ -270,4 +322,246 @@ func (s *Store) events(ctx context.Context, orderID string, afterSeq int64, limi
 		out[i] = rows[i].toEvent()
 	}
 	return out, nil
+}
+
+// allColumns is every column of orderRow, what a read of every field
+// selects (as bun did for the whole model).
+var allColumns = func() []string {
+	var cols []string
+	for _, f := range bun.NewDB(nil, pgdialect.New()).Table(reflect.TypeFor[orderRow]()).Fields {
+		cols = append(cols, f.Name)
+	}
+	return cols
+}()
+
+// textColumns are orderRow's columns read as text: timestamptz, whose ISO
+// form the scan parses several times faster than the driver parses a
+// timestamptz (readscan.go, nullTime), and uuid, which the driver would
+// return as bytes to be copied into a string again.
+var textColumns = func() map[string]bool {
+	m := map[string]bool{}
+	for _, f := range bun.NewDB(nil, pgdialect.New()).Table(reflect.TypeFor[orderRow]()).Fields {
+		if f.IndirectType == reflect.TypeFor[time.Time]() || f.UserSQLType == "uuid" {
+			m[f.Name] = true
+		}
+	}
+	return m
+}()
+
+// selectColumn is how a read selects column c of orders AS o.
+func selectColumn(c string) string {
+	if textColumns[c] {
+		return "o." + c + "::text"
+	}
+	return "o." + c
+}
+
+// Whose orders an actor sees (order.Actor.CanAccess in SQL).
+type seen int
+
+const (
+	seesNone     seen = iota
+	seesAll           // staff: every order
+	seesCustomer      // a customer: customer_id = who
+	seesCreated       // a service client: created_by = who
+)
+
+func visibility(a order.Actor) (seen, string) {
+	switch {
+	case a.AllOrders:
+		return seesAll, ""
+	case a.CustomerID != "":
+		return seesCustomer, a.CustomerID
+	case a.ID != "":
+		return seesCreated, a.ID
+	}
+	return seesNone, ""
+}
+
+// visibleSQL appends to q the condition confining a read to the orders a
+// may see, and false when a may see none.
+func visibleSQL(q *strings.Builder, a order.Actor, args *[]any) bool {
+	vis, who := visibility(a)
+	switch vis {
+	case seesAll:
+		return true
+	case seesNone:
+		return false
+	}
+	*args = append(*args, who)
+	q.WriteString(visibleCond(vis, len(*args)))
+	return true
+}
+
+func visibleCond(vis seen, param int) string {
+	col := "customer_id"
+	if vis == seesCreated {
+		col = "created_by"
+	}
+	return " AND o." + col + " = $" + strconv.Itoa(param)
+}
+
+// getQuery is Get's statement for one set of fields and one kind of
+// reader; they are few, so each is built once.
+type getQuery struct {
+	sql   string
+	cols  []string
+	lines bool
+}
+
+type getShape struct {
+	fields string
+	vis    seen
+}
+
+const maxGetQueries = 1024
+
+var getQueries struct {
+	sync.RWMutex
+	m map[getShape]*getQuery
+}
+
+func getQueryFor(fields []string, vis seen) (*getQuery, error) {
+	shape := getShape{strings.Join(fields, ","), vis}
+	getQueries.RLock()
+	gq := getQueries.m[shape]
+	getQueries.RUnlock()
+	if gq != nil {
+		return gq, nil
+	}
+	// id always: it keys the line items and proves the order exists.
+	cols, lines, err := columns(fields, "id")
+	if err != nil {
+		return nil, err
+	}
+	if cols == nil {
+		cols = allColumns
+	}
+	var q strings.Builder
+	q.WriteString("SELECT ")
+	for i, c := range cols {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString(selectColumn(c))
+	}
+	if lines {
+		q.WriteString(", " + linesColumn)
+	}
+	q.WriteString(" FROM orders AS o WHERE o.id = $1")
+	if vis != seesAll {
+		q.WriteString(visibleCond(vis, 2))
+	}
+	gq = &getQuery{sql: q.String(), cols: cols, lines: lines}
+	getQueries.Lock()
+	if getQueries.m == nil {
+		getQueries.m = map[getShape]*getQuery{}
+	}
+	if len(getQueries.m) < maxGetQueries {
+		getQueries.m[shape] = gq
+	}
+	getQueries.Unlock()
+	return gq, nil
+}
+
+// pgTime is t as a timestamptz literal, to the microsecond PostgreSQL
+// keeps. Year 1 is a time like any other (a zero time.Time would be sent
+// as NULL).
+func pgTime(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.999999-07:00") }
+
+// Prepared statements. database/sql prepares a statement on each pooled
+// connection the first time it runs there, and again on a new connection
+// after one is dropped. Each database handle's statements are kept by
+// their text; a read whose text is not among them once the bound is
+// reached runs unprepared.
+const (
+	maxStmtsPerDB = 256
+	maxStmtDBs    = 8 // handles with statements kept (tests open many)
+)
+
+type readStmts struct {
+	db *sql.DB
+	mu sync.RWMutex
+	m  map[string]*sql.Stmt
+}
+
+var stmtDBs struct {
+	mu   sync.Mutex
+	head atomic.Pointer[readStmts] // the most recently used, without the lock
+	list []*readStmts              // most recently used first
+}
+
+// statements returns db's statements.
+func statements(db *sql.DB) *readStmts {
+	if h := stmtDBs.head.Load(); h != nil && h.db == db {
+		return h
+	}
+	stmtDBs.mu.Lock()
+	defer stmtDBs.mu.Unlock()
+	l := stmtDBs.list
+	i := slices.IndexFunc(l, func(r *readStmts) bool { return r.db == db })
+	var r *readStmts
+	if i >= 0 {
+		r = l[i]
+		l = slices.Delete(l, i, i+1)
+	} else {
+		r = &readStmts{db: db, m: map[string]*sql.Stmt{}}
+		if len(l) >= maxStmtDBs {
+			go l[len(l)-1].close()
+			l = l[:len(l)-1]
+		}
+	}
+	stmtDBs.list = slices.Insert(l, 0, r)
+	stmtDBs.head.Store(r)
+	return r
+}
+
+func (r *readStmts) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for q, st := range r.m {
+		st.Close()
+		delete(r.m, q)
+	}
+}
+
+// query runs query with args through its prepared statement.
+func (r *readStmts) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	r.mu.RLock()
+	st := r.m[query]
+	r.mu.RUnlock()
+	if st == nil {
+		var err error
+		if st, err = r.prepare(ctx, query); err != nil {
+			return nil, err
+		}
+		if st == nil {
+			return r.db.QueryContext(ctx, query, args...)
+		}
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// prepare returns query's statement, preparing it if there is room; nil
+// when there is none. The round trip is made without the lock, so reads of
+// other statements never wait for it.
+func (r *readStmts) prepare(ctx context.Context, query string) (*sql.Stmt, error) {
+	r.mu.RLock()
+	full := len(r.m) >= maxStmtsPerDB
+	r.mu.RUnlock()
+	if full {
+		return nil, nil
+	}
+	st, err := r.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old := r.m[query]; old != nil || len(r.m) >= maxStmtsPerDB {
+		st.Close() // prepared meanwhile, or no room after all
+		return old, nil
+	}
+	r.m[query] = st
+	return st, nil
 }

@@ -36,9 +36,9 @@ func startCommands(t *testing.T) string {
 	s := DefaultSettings()
 	srv, err := Listen(API{
 		Name: "test", GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Settings: s,
-		Register: func(s *grpc.Server) { omsv1.RegisterOrderCommandServiceServer(s, fakeCommands{}) },
-		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
-			return omsv1.RegisterOrderCommandServiceHandler(ctx, mux, conn)
+		Register: func(s grpc.ServiceRegistrar) { omsv1.RegisterOrderCommandServiceServer(s, fakeCommands{}) },
+		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn grpc.ClientConnInterface) error {
+			return omsv1.RegisterOrderCommandServiceHandlerClient(ctx, mux, omsv1.NewOrderCommandServiceClient(conn))
 		},
 		MaxBodyBytes: 1 << 20, DrainTimeout: 5 * time.Second,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),

@@ -14,10 +14,11 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 )
 
-// The gateway reaches the gRPC server over in-memory connections served by
-// the same *grpc.Server as the public port, so every interceptor runs for
-// HTTP calls too, and the gateway needs no client certificate when the
-// public port requires one.
+// Streaming calls from the gateway reach the gRPC server over in-memory
+// connections served by the same *grpc.Server as the public port, so every
+// interceptor runs for them too, and they need no client certificate when
+// the public port requires one. Unary calls do not leave the process at
+// all (gateway.go).
 
 // inProcessListener hands the gRPC server the gateway's connections.
 type inProcessListener struct{ *bufconn.Listener }

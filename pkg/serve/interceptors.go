@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"runtime/debug"
 
 	"google.golang.org/grpc"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/omsdev/oms/pkg/logging"
+	"github.com/omsdev/oms/pkg/tracing"
 )
 
 const correlationHeader = "x-correlation-id"
@@ -33,15 +35,16 @@ func correlationStreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Stre
 }
 
 func correlationID(ctx context.Context) string {
-	md, _ := metadata.FromIncomingContext(ctx)
 	id := ""
 	for _, k := range []string{"x-correlation-id", "x-request-id"} {
-		if v := md.Get(k); len(v) > 0 && id == "" {
+		if v := metadata.ValueFromIncomingContext(ctx, k); len(v) > 0 && id == "" {
 			id = logging.SanitizeCorrelationID(v[0])
 		}
 	}
-	if v := md.Get("traceparent"); id == "" && len(v) > 0 {
-		id = logging.CorrelationFromTraceparent(v[0])
+	if id == "" {
+		if v := metadata.ValueFromIncomingContext(ctx, "traceparent"); len(v) > 0 {
+			id = logging.CorrelationFromTraceparent(v[0])
+		}
 	}
 	if id == "" {
 		id = logging.NewCorrelationID()
@@ -109,4 +112,40 @@ func hideInternal(ctx context.Context, log *slog.Logger, method string, err erro
 		log.DebugContext(ctx, "request refused", "method", method, "code", st.Code().String(), "err", err)
 	}
 	return err
+}
+
+// continueTrace puts the caller's trace context in the call's context when
+// no spans are recorded (tracing.Enabled is false); otelgrpc does it
+// otherwise.
+func continueTrace(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	return h(tracing.ContinueRemote(ctx, incoming(ctx)), req)
+}
+
+func continueTraceStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	ctx := ss.Context()
+	if next := tracing.ContinueRemote(ctx, incoming(ctx)); next != ctx {
+		ss = &contextStream{ss, next}
+	}
+	return h(srv, ss)
+}
+
+// continueTraceHTTP is continueTrace for HTTP requests; otelhttp does it
+// when spans are recorded.
+func continueTraceHTTP(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ctx := tracing.ContinueRemote(r.Context(), r.Header.Get); ctx != r.Context() {
+			r = r.WithContext(ctx)
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// incoming looks up a key of the call's incoming metadata.
+func incoming(ctx context.Context) func(string) string {
+	return func(key string) string {
+		if v := metadata.ValueFromIncomingContext(ctx, key); len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
 }

@@ -1,7 +1,7 @@
 // Package serve runs a gRPC API and its HTTP/JSON gateway from one process,
 // with an admin port for health and metrics, TLS, and graceful shutdown.
-// The gateway reaches the gRPC server over in-memory connections served by
-// the same server, so interceptors run for HTTP calls too.
+// The gateway calls the services in process, through the gRPC server's own
+// interceptor chain (gateway.go), so interceptors run for HTTP calls too.
 package serve
 
 import (
@@ -32,6 +32,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/omsdev/oms/pkg/metrics"
+	"github.com/omsdev/oms/pkg/tracing"
 )
 
 // API describes a service to serve.
@@ -44,10 +45,12 @@ type API struct {
 	// DefaultSettings. Zero limits take the defaults; an empty AdminAddr
 	// serves no admin port.
 	Settings Settings
-	// Register adds the service implementations to the gRPC server.
-	Register func(*grpc.Server)
-	// Gateway registers the HTTP handlers, which call conn.
-	Gateway        func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error
+	// Register adds the service implementations to the gRPC server (and
+	// to the gateway's in-process connection).
+	Register func(grpc.ServiceRegistrar)
+	// Gateway registers the HTTP handlers, which call conn: with the
+	// generated RegisterXHandlerClient(ctx, mux, NewXClient(conn)).
+	Gateway        func(ctx context.Context, mux *runtime.ServeMux, conn grpc.ClientConnInterface) error
 	GatewayOptions []runtime.ServeMuxOption
 	// UnaryInterceptors and StreamInterceptors run, in order, inside the
 	// metrics, correlation id and error interceptors: a status they return
@@ -70,6 +73,9 @@ type API struct {
 	DrainTimeout time.Duration
 	Log          *slog.Logger
 }
+
+// streamWorkers is how many goroutines serve gRPC calls (see Serve).
+const streamWorkers = 32
 
 // Server is an API listening on its ports.
 type Server struct {
@@ -151,40 +157,53 @@ func (s *Server) AdminAddr() string {
 func (s *Server) Serve(ctx context.Context) error {
 	a, log := s.api, s.api.Log
 	set := a.Settings
-	opts := []grpc.ServerOption{
-		grpc.StatsHandler(otelgrpc.NewServerHandler()),
-		// Outermost first: the error interceptor sees what the caller's
-		// interceptors and the handler return.
-		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{
-			metrics.GRPC(a.Name), correlationInterceptor, errorInterceptor(log),
-		}, a.UnaryInterceptors...)...),
-		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{
-			correlationStreamInterceptor, errorStreamInterceptor(log),
-		}, a.StreamInterceptors...)...),
-		// An undecodable request is INVALID_ARGUMENT (codec.go); checked
-		// innermost, after the caller's interceptors (authentication first).
+	// Outermost first: the error interceptor sees what the caller's
+	// interceptors and the handler return. An undecodable request is
+	// INVALID_ARGUMENT (codec.go); checked innermost, after the caller's
+	// interceptors (authentication first).
+	unary := append([]grpc.UnaryServerInterceptor{metrics.GRPC(a.Name), correlationInterceptor, errorInterceptor(log)}, a.UnaryInterceptors...)
+	unary = append(unary, refuseUndecodable)
+	streams := append([]grpc.StreamServerInterceptor{correlationStreamInterceptor, errorStreamInterceptor(log)}, a.StreamInterceptors...)
+	var opts []grpc.ServerOption
+	if tracing.Enabled() {
+		opts = append(opts, grpc.StatsHandler(otelgrpc.NewServerHandler()))
+	} else {
+		// No spans to record: only carry the caller's trace context on.
+		unary = append([]grpc.UnaryServerInterceptor{continueTrace}, unary...)
+		streams = append([]grpc.StreamServerInterceptor{continueTraceStream}, streams...)
+	}
+	opts = append(opts,
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(streams...),
 		grpc.ForceServerCodecV2(newRequestCodec()),
-		grpc.ChainUnaryInterceptor(refuseUndecodable),
 		grpc.ChainStreamInterceptor(refuseUndecodableStream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: set.GRPCKeepaliveMinTime, PermitWithoutStream: false}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionIdle: set.GRPCMaxConnectionIdle, Time: set.GRPCKeepaliveTime, Timeout: set.GRPCKeepaliveTimeout,
 		}),
 		grpc.MaxConcurrentStreams(set.GRPCMaxConcurrentStreams),
+		// Calls run on long-lived goroutines, whose stacks have grown
+		// already, instead of a new goroutine each (whose stack would grow
+		// by copying, call after call); more calls than workers still
+		// get goroutines of their own.
+		grpc.NumStreamWorkers(streamWorkers),
 		grpc.MaxRecvMsgSize(set.GRPCMaxRecvBytes),
 		grpc.MaxSendMsgSize(set.GRPCMaxSendBytes),
-	}
+	)
 	if s.grpcTLS != nil {
 		opts = append(opts, grpc.Creds(serverCreds{credentials.NewTLS(s.grpcTLS)}))
 	}
 	gs := grpc.NewServer(opts...)
-	a.Register(gs)
+	reg := &registrar{server: gs, methods: map[string]unaryMethod{}}
+	a.Register(reg)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	if set.GRPCReflection {
 		reflection.Register(gs)
 	}
 
+	// Streaming calls from the gateway go over in-memory gRPC connections
+	// (dialled on first use); unary calls are made in process.
 	inproc := newInProcessListener()
 	// Enough connections that MaxConcurrentStreams, per connection, does
 	// not cap the HTTP port below its own connection limit.
@@ -198,17 +217,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	defer conn.Close()
 	gwOpts := append([]runtime.ServeMuxOption{
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
-			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
-			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false}, // unknown fields are errors
-		}),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, JSONMarshaler()),
 		runtime.WithIncomingHeaderMatcher(incomingHeaders),
 		runtime.WithOutgoingHeaderMatcher(outgoingHeaders),
 		runtime.WithMiddlewares(routeLabel),
 		runtime.WithErrorHandler(httpError),
 	}, a.GatewayOptions...)
 	gw := runtime.NewServeMux(gwOpts...)
-	if err := a.Gateway(ctx, gw, conn); err != nil {
+	gwConn := &gatewayConn{methods: reg.methods, intercept: chainUnary(unary),
+		maxRecv: set.GRPCMaxRecvBytes, maxSend: set.GRPCMaxSendBytes, streams: conn}
+	if err := a.Gateway(ctx, gw, gwConn); err != nil {
 		return fmt.Errorf("%s: register gateway: %w", a.Name, err)
 	}
 	var api http.Handler = gw
@@ -225,7 +243,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	if a.RequireBearer {
 		api = requireBearer(api)
 	}
-	mux.Handle("/", otelhttp.NewHandler(api, a.Name))
+	if tracing.Enabled() {
+		api = otelhttp.NewHandler(api, a.Name)
+	} else {
+		api = continueTraceHTTP(api)
+	}
+	mux.Handle("/", api)
 	hsrv := NewHTTPServer(metrics.HTTP(a.Name, mux), set.HTTP)
 	hsrv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug) // TLS handshake noise from scanners
 
@@ -304,6 +327,17 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "ok\n")
 }
 
+// JSONMarshaler is the gateway's JSON: protojson, unpopulated fields left
+// out, unknown fields in a request refused. A service may wrap it (in
+// GatewayOptions, with runtime.WithMarshalerOption) to encode its own
+// responses faster, to the same JSON.
+func JSONMarshaler() *runtime.JSONPb {
+	return &runtime.JSONPb{
+		MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
+		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false}, // unknown fields are errors
+	}
+}
+
 // routeLabel labels HTTP metrics with the gateway's route pattern.
 func routeLabel(next runtime.HandlerFunc) runtime.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
@@ -366,6 +400,18 @@ func loopback(addr string) string {
 
 // incomingHeaders forwards the headers the services read as gRPC metadata.
 func incomingHeaders(key string) (string, bool) {
+	switch key { // the gateway passes keys canonicalized: no lower-casing to do
+	case "Idempotency-Key":
+		return "idempotency-key", true
+	case "X-Request-Id":
+		return "x-request-id", true
+	case "X-Correlation-Id":
+		return "x-correlation-id", true
+	case "Traceparent":
+		return "traceparent", true
+	case "Tracestate":
+		return "tracestate", true
+	}
 	switch k := strings.ToLower(key); k {
 	case "idempotency-key", "x-request-id", "x-correlation-id", "traceparent", "tracestate":
 		return k, true

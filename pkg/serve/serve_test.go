@@ -39,9 +39,9 @@ func startServer(t *testing.T, svc *slowQuery) (*Server, context.CancelFunc, cha
 	s.AdminAddr = "127.0.0.1:0"
 	srv, err := Listen(API{
 		Name: "test", GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Settings: s,
-		Register: func(s *grpc.Server) { omsv1.RegisterOrderQueryServiceServer(s, svc) },
-		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
-			return omsv1.RegisterOrderQueryServiceHandler(ctx, mux, conn)
+		Register: func(s grpc.ServiceRegistrar) { omsv1.RegisterOrderQueryServiceServer(s, svc) },
+		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn grpc.ClientConnInterface) error {
+			return omsv1.RegisterOrderQueryServiceHandlerClient(ctx, mux, omsv1.NewOrderQueryServiceClient(conn))
 		},
 		MaxBodyBytes: 1024, DrainTimeout: 5 * time.Second,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),

@@ -84,10 +84,10 @@ func start(t *testing.T, a API) *Server {
 		a.Settings.AdminAddr = "127.0.0.1:0"
 	}
 	if a.Register == nil {
-		a.Register = func(s *grpc.Server) { omsv1.RegisterOrderQueryServiceServer(s, fakeQuery{}) }
+		a.Register = func(s grpc.ServiceRegistrar) { omsv1.RegisterOrderQueryServiceServer(s, fakeQuery{}) }
 	}
-	a.Gateway = func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
-		return omsv1.RegisterOrderQueryServiceHandler(ctx, mux, conn)
+	a.Gateway = func(ctx context.Context, mux *runtime.ServeMux, conn grpc.ClientConnInterface) error {
+		return omsv1.RegisterOrderQueryServiceHandlerClient(ctx, mux, omsv1.NewOrderQueryServiceClient(conn))
 	}
 	if a.Log == nil {
 		a.Log = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
@@ -17,6 +18,32 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 	"go.opentelemetry.io/otel/trace"
 )
+
+// enabled is set once Setup has installed an exporter.
+var enabled atomic.Bool
+
+// Enabled reports whether spans are recorded and exported (Setup found
+// an exporter). When they are not, servers skip span instrumentation and
+// only continue a caller's trace context (ContinueRemote), which is all
+// that logs and queue messages use of it.
+func Enabled() bool { return enabled.Load() }
+
+// ContinueRemote returns ctx carrying the W3C trace context get (a header
+// or metadata lookup) holds, if it holds a traceparent: what the span
+// instrumentation does for a call when no spans are recorded, so log
+// lines carry the caller's trace id and messages pass it on.
+func ContinueRemote(ctx context.Context, get func(key string) string) context.Context {
+	if get("traceparent") == "" {
+		return ctx
+	}
+	return otel.GetTextMapPropagator().Extract(ctx, getter(get))
+}
+
+type getter func(string) string
+
+func (g getter) Get(key string) string { return g(key) }
+func (getter) Set(string, string)      {}
+func (getter) Keys() []string          { return nil }
 
 // Tracer is the services' tracer.
 func Tracer() trace.Tracer { return otel.Tracer("github.com/omsdev/oms") }
@@ -46,6 +73,7 @@ func Setup(ctx context.Context, service string) (func(context.Context) error, er
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	otel.SetTracerProvider(tp)
+	enabled.Store(true)
 	return tp.Shutdown, nil
 }
 

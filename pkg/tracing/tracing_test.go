@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // A span started from a message's metadata continues the trace that
@@ -49,5 +50,20 @@ func TestExporterChoice(t *testing.T) {
 		if got := exporter(func(k string) string { return tc.env[k] }); got != tc.want {
 			t.Errorf("exporter(%v) = %s, want %s", tc.env, got, tc.want)
 		}
+	}
+}
+
+// Without span recording, a caller's traceparent still becomes the
+// context's span context, as the instrumentation would make it.
+func TestContinueRemote(t *testing.T) {
+	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	h := map[string]string{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+	ctx := ContinueRemote(context.Background(), func(k string) string { return h[k] })
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsValid() || !sc.IsRemote() || sc.TraceID().String() != "4bf92f3577b34da6a3ce929d0e0e4736" || sc.SpanID().String() != "00f067aa0ba902b7" {
+		t.Errorf("span context %+v", sc)
+	}
+	if ctx := ContinueRemote(context.Background(), func(string) string { return "" }); trace.SpanContextFromContext(ctx).IsValid() {
+		t.Error("a span context without a traceparent")
 	}
 }

@@ -138,9 +138,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		StreamInterceptors: stream,
 		RequireBearer:      !cfg.Guard.Auth.InsecureDevMode,
 		HTTPMiddleware:     checkIdempotencyKey,
-		Register:           func(s *grpc.Server) { omsv1.RegisterOrderCommandServiceServer(s, svc) },
-		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
-			return omsv1.RegisterOrderCommandServiceHandler(ctx, mux, conn)
+		Register:           func(s grpc.ServiceRegistrar) { omsv1.RegisterOrderCommandServiceServer(s, svc) },
+		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn grpc.ClientConnInterface) error {
+			return omsv1.RegisterOrderCommandServiceHandlerClient(ctx, mux, omsv1.NewOrderCommandServiceClient(conn))
 		},
 		GatewayOptions: []runtime.ServeMuxOption{runtime.WithForwardResponseOption(acceptedStatus)},
 		Ready:          keeper.Check,

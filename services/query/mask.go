@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"unicode"
 
 	"google.golang.org/protobuf/proto"
@@ -18,16 +20,56 @@ import (
 type mask struct {
 	paths []string
 	tree  map[string]*maskNode
+	cols  []string // columns()
 }
 
 type maskNode struct{ children map[string]*maskNode }
+
+// Parsed masks are kept by their paths as sent: clients send the same few
+// masks again and again, and parsing one walks the Order descriptor. A
+// mask is never changed once parsed, so callers share it.
+const maxCachedMasks = 256
+
+var masks struct {
+	sync.RWMutex
+	m map[string]maskResult
+}
+
+type maskResult struct {
+	m   mask
+	err error
+}
 
 // parseMask accepts snake_case or lowerCamelCase paths ("customer_id" or
 // "customerId"), paths into singular messages ("payment.reference"), and
 // "*".
 func parseMask(fm *fieldmaskpb.FieldMask) (mask, error) {
+	paths := fm.GetPaths()
+	if len(paths) == 0 {
+		return mask{}, nil
+	}
+	key := strings.Join(paths, "\x00")
+	masks.RLock()
+	r, ok := masks.m[key]
+	masks.RUnlock()
+	if ok {
+		return r.m, r.err
+	}
+	m, err := parseMaskPaths(paths)
+	masks.Lock()
+	if masks.m == nil {
+		masks.m = map[string]maskResult{}
+	}
+	if len(masks.m) < maxCachedMasks {
+		masks.m[key] = maskResult{m, err}
+	}
+	masks.Unlock()
+	return m, err
+}
+
+func parseMaskPaths(paths []string) (mask, error) {
 	var m mask
-	for _, p := range fm.GetPaths() {
+	for _, p := range paths {
 		p = strings.TrimSpace(p)
 		if p == "" {
 			continue
@@ -64,22 +106,18 @@ func parseMask(fm *fieldmaskpb.FieldMask) (mask, error) {
 			level = n.children
 		}
 	}
+	for f := range m.tree {
+		if orderstore.KnownField(f) {
+			m.cols = append(m.cols, f)
+		}
+	}
+	slices.Sort(m.cols)
 	return m, nil
 }
 
-// columns names the top-level fields to read, nil for all.
-func (m mask) columns() []string {
-	if m.tree == nil {
-		return nil
-	}
-	var out []string
-	for f := range m.tree {
-		if orderstore.KnownField(f) {
-			out = append(out, f)
-		}
-	}
-	return out
-}
+// columns names the top-level fields to read, in order, nil for all.
+// Callers must not change it.
+func (m mask) columns() []string { return m.cols }
 
 // apply clears every field the mask does not name.
 func (m mask) apply(msg proto.Message) {
