@@ -82,13 +82,13 @@ func visibleTo(q *bun.SelectQuery, a order.Actor) *bun.SelectQuery {
 	}
 }
 
-// reread runs a read again, once, when it failed on a broken pooled
-// connection (the server restarted since the connection was opened), after
-// dropping the idle connections that are likely broken too. Reads are
-// idempotent, so the retry is safe; the caller sees an error only if a
-// fresh connection fails as well.
-func (s *Store) reread(ctx context.Context, read func() error) error {
-	err := read()
+// retryBrokenConn runs a statement again, once, when it failed on a
+// broken pooled connection (the server restarted since the connection was
+// opened), after dropping the idle connections that are likely broken too.
+// Reads are idempotent; a command's write is too (see Save). The caller
+// sees an error only if a fresh connection fails as well.
+func (s *Store) retryBrokenConn(ctx context.Context, run func() error) error {
+	err := run()
 	if err == nil || ctx.Err() != nil || !brokenConn(err) {
 		return err
 	}
@@ -98,14 +98,14 @@ func (s *Store) reread(ctx context.Context, read func() error) error {
 	}
 	s.db.SetMaxIdleConns(0) // closes every idle connection
 	s.db.SetMaxIdleConns(maxIdle)
-	return read()
+	return run()
 }
 
 // Get reads one order that actor may see, selecting only the columns that
 // fields need (every field when fields is empty). Another owner's order is
 // ErrNotFound.
 func (s *Store) Get(ctx context.Context, id string, fields []string, actor order.Actor) (o *order.Order, err error) {
-	err = s.reread(ctx, func() error {
+	err = s.retryBrokenConn(ctx, func() error {
 		o, err = s.get(ctx, id, fields, actor)
 		return err
 	})
@@ -191,7 +191,7 @@ type ListQuery struct {
 // q.After. Keyset pagination: a page never repeats or skips an order that
 // existed when the first page was read, however many are inserted since.
 func (s *Store) List(ctx context.Context, q ListQuery) (out []*order.Order, err error) {
-	err = s.reread(ctx, func() error {
+	err = s.retryBrokenConn(ctx, func() error {
 		out, err = s.list(ctx, q)
 		return err
 	})
@@ -293,7 +293,7 @@ func (s *Store) list(ctx context.Context, q ListQuery) ([]*order.Order, error) {
 // Events returns up to limit entries of the history of an order actor may
 // see, with sequence numbers above afterSeq, oldest first.
 func (s *Store) Events(ctx context.Context, orderID string, afterSeq int64, limit int, actor order.Actor) (out []order.Event, err error) {
-	err = s.reread(ctx, func() error {
+	err = s.retryBrokenConn(ctx, func() error {
 		out, err = s.events(ctx, orderID, afterSeq, limit, actor)
 		return err
 	})

@@ -88,7 +88,7 @@ func (s *Store) Load(ctx context.Context, cmd order.Command) (orderapp.Snapshot,
 	var row snapshotRow
 	// The command's first statement: a pool of connections the server
 	// dropped (it restarted) is replaced here, not one per attempt.
-	err := s.reread(ctx, func() error {
+	err := s.retryBrokenConn(ctx, func() error {
 		row = snapshotRow{}
 		return s.db.NewRaw(`SELECT `+loadColumns+`
 	EXISTS (SELECT 1 FROM order_events AS e WHERE e.order_id = o.id AND (
@@ -178,7 +178,7 @@ func (s *Store) Save(ctx context.Context, c orderapp.Change) error {
 	// safe for a write too: if the first run committed and only its answer
 	// was lost, the second fails on the claim's key or the version guard,
 	// and the command is decided again on what committed.
-	err := s.reread(ctx, func() error {
+	err := s.retryBrokenConn(ctx, func() error {
 		_, err := q.Exec(ctx)
 		return err
 	})

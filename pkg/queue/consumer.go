@@ -571,12 +571,12 @@ func (c *Consumer) extend(url string, msgs []types.Message) bool {
 // giveBackNow makes received messages visible again at once.
 func (c *Consumer) giveBackNow(url string, msgs []types.Message) {
 	for len(msgs) > 0 {
-		n := min(len(msgs), 10)
-		handles := make([]string, n)
-		for i, m := range msgs[:n] {
+		chunk := msgs[:min(len(msgs), 10)]
+		msgs = msgs[len(chunk):]
+		handles := make([]string, len(chunk))
+		for i, m := range chunk {
 			handles[i] = aws.ToString(m.ReceiptHandle)
 		}
-		msgs = msgs[n:]
 		c.batch(url, handles, "give back", func(ctx context.Context, entries []string) ([]string, error) {
 			in := &sqs.ChangeMessageVisibilityBatchInput{QueueUrl: aws.String(url)}
 			for i, h := range entries {
@@ -588,17 +588,7 @@ func (c *Consumer) giveBackNow(url string, msgs []types.Message) {
 			}
 			// The whole call failed (or the endpoint lacks it, as goaws
 			// does): one call per message.
-			var failed []string
-			for _, e := range in.Entries {
-				_, err := c.client.ChangeMessageVisibility(ctx, &sqs.ChangeMessageVisibilityInput{QueueUrl: in.QueueUrl, ReceiptHandle: e.ReceiptHandle})
-				if err != nil {
-					failed = append(failed, aws.ToString(e.Id))
-				}
-			}
-			if len(failed) > 0 {
-				return failed, err
-			}
-			return nil, nil
+			return nil, ReleaseAll(ctx, c.client, url, chunk)
 		})
 	}
 }
