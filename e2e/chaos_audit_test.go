@@ -11,7 +11,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 
 	"github.com/omsdev/oms/pkg/order"
-	"github.com/omsdev/oms/pkg/orderpb"
 	"github.com/omsdev/oms/pkg/queue"
 )
 
@@ -482,7 +481,7 @@ func (e *chaosEnv) deadLetters() map[chaosKey]string {
 			if a, ok := msg.MessageAttributes["reason_poisoned"]; ok {
 				reason = aws.ToString(a.StringValue)
 			}
-			cmd, err := orderpb.DecodeCommand([]byte(aws.ToString(msg.Body)))
+			cmd, err := decodeMessage(msg)
 			if err != nil {
 				out[chaosKey{"?", aws.ToString(msg.MessageId)}] = "undecodable: " + reason
 				continue

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	"github.com/omsdev/oms/pkg/order"
+	"github.com/omsdev/oms/pkg/orderpb"
 	omsv1 "github.com/omsdev/oms/proto/oms/v1"
 )
 
@@ -434,7 +436,10 @@ func TestCommandForMissingOrderIsDeadLettered(t *testing.T) {
 	missing := "orders/" + uuid.NewString()
 	command(t, missing, "deliver", `{}`)
 	id := strings.TrimPrefix(missing, "orders/")
-	m := deadLettered(t, func(body string) bool { return strings.Contains(body, id) })
+	m := deadLetteredMessage(t, func(m types.Message) bool {
+		c, err := decodeMessage(m)
+		return err == nil && c.OrderID == id
+	})
 	if reason := aws.ToString(m.MessageAttributes["reason_poisoned"].StringValue); !strings.Contains(reason, "order not found") {
 		t.Errorf("dead-lettered with reason %q", reason)
 	}
@@ -444,6 +449,24 @@ func TestCommandForMissingOrderIsDeadLettered(t *testing.T) {
 // matches. It reads without deleting (a short visibility timeout hands
 // the others back), so tests can share the queue.
 func deadLettered(t *testing.T, match func(body string) bool) types.Message {
+	t.Helper()
+	return deadLetteredMessage(t, func(m types.Message) bool { return match(aws.ToString(m.Body)) })
+}
+
+// decodeMessage parses a command message in the encoding its content_type
+// attribute names (ingest sends protobuf by default; absent is JSON). The
+// message must have been received with its attributes.
+func decodeMessage(m types.Message) (order.Command, error) {
+	var ct string
+	if a, ok := m.MessageAttributes[orderpb.ContentTypeKey]; ok {
+		ct = aws.ToString(a.StringValue)
+	}
+	return orderpb.DecodeCommandAs([]byte(aws.ToString(m.Body)), ct)
+}
+
+// deadLetteredMessage waits for a message on the dead-letter queue that
+// matches, as deadLettered does.
+func deadLetteredMessage(t *testing.T, match func(m types.Message) bool) types.Message {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
@@ -455,7 +478,7 @@ func deadLettered(t *testing.T, match func(body string) bool) types.Message {
 			t.Fatal(err)
 		}
 		for _, m := range out.Messages {
-			if match(aws.ToString(m.Body)) {
+			if match(m) {
 				return m
 			}
 		}

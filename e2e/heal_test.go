@@ -211,8 +211,9 @@ func TestPayWaitsForItsCreateLeftInFlight(t *testing.T) {
 	// A consumer takes the create and dies with it.
 	out, err := sys.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
 		QueueUrl: aws.String(urls.Command), MaxNumberOfMessages: 1, VisibilityTimeout: 3, WaitTimeSeconds: 5,
+		MessageAttributeNames: []string{"All"},
 	})
-	if err != nil || len(out.Messages) != 1 || !strings.Contains(aws.ToString(out.Messages[0].Body), `"create"`) {
+	if err != nil || len(out.Messages) != 1 || aws.ToString(out.Messages[0].MessageAttributes["command"].StringValue) != "create" {
 		t.Fatalf("took %v, %v; want the create", out, err)
 	}
 

@@ -3,6 +3,7 @@ package orderstore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
@@ -115,6 +116,7 @@ func (s *Store) Get(ctx context.Context, id string, fields []string, actor order
 // get is one prepared statement and one row: the order's columns, and
 // its line items as one JSON value when they are wanted (PostgreSQL spends
 // less on that than on a join's row per line, and so does the scan).
+// Concurrent gets share statements (getBatches).
 func (s *Store) get(ctx context.Context, id string, fields []string, actor order.Actor) (*order.Order, error) {
 	vis, who := visibility(actor)
 	if vis == seesNone {
@@ -124,43 +126,11 @@ func (s *Store) get(ctx context.Context, id string, fields []string, actor order
 	if err != nil {
 		return nil, err
 	}
-	cols, wantLines := gq.cols, gq.lines
-	args := []any{id}
-	if vis != seesAll {
-		args = append(args, who)
-	}
-	rows, err := statements(s.db.DB).query(ctx, gq.sql, args...)
-	if err != nil {
+	o, err := statements(s.db.DB).get(ctx, gq, getKey{id, who})
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("get order %s: %w", id, err)
 	}
-	defer rows.Close()
-	// One allocation for everything the row scans into.
-	sc := new(struct {
-		row   orderRow
-		lines []order.LineItem
-		dest  [40]any
-	})
-	dest := sc.dest[:0]
-	for _, c := range cols {
-		dest = append(dest, sc.row.dest(c))
-	}
-	if wantLines {
-		dest = append(dest, linesValue{&sc.lines})
-	}
-	if !rows.Next() {
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("get order %s: %w", id, err)
-		}
-		return nil, ErrNotFound
-	}
-	if err := rows.Scan(dest...); err != nil {
-		return nil, fmt.Errorf("get order %s: %w", id, err)
-	}
-	o := sc.row.toOrder()
-	if wantLines {
-		o.Lines = sc.lines
-	}
-	return &o, nil
+	return o, err
 }
 
 // Cursor is a keyset position: the last order of the previous page.
@@ -394,17 +364,21 @@ func visibleSQL(q *strings.Builder, a order.Actor, args *[]any) bool {
 }
 
 func visibleCond(vis seen, param int) string {
-	col := "customer_id"
+	return " AND o." + visibleColumn(vis) + " = $" + strconv.Itoa(param)
+}
+
+func visibleColumn(vis seen) string {
 	if vis == seesCreated {
-		col = "created_by"
+		return "created_by"
 	}
-	return " AND o." + col + " = $" + strconv.Itoa(param)
+	return "customer_id"
 }
 
 // getQuery is Get's statement for one set of fields and one kind of
 // reader; they are few, so each is built once.
 type getQuery struct {
-	sql   string
+	sql   string // one order: $1 the id, $2 who (unless vis is seesAll)
+	batch string // several: $1 the ids, $2 who for each, as arrays
 	cols  []string
 	lines bool
 }
@@ -448,11 +422,23 @@ func getQueryFor(fields []string, vis seen) (*getQuery, error) {
 	if lines {
 		q.WriteString(", " + linesColumn)
 	}
+	sel := q.String()
 	q.WriteString(" FROM orders AS o WHERE o.id = $1")
 	if vis != seesAll {
 		q.WriteString(visibleCond(vis, 2))
 	}
-	gq = &getQuery{sql: q.String(), cols: cols, lines: lines}
+	// Each key's row says which key it answers (i). The lateral
+	// subquery, kept apart by OFFSET 0, is an index lookup per key
+	// whatever the plan thinks of the arrays' length.
+	var b strings.Builder
+	b.WriteString("SELECT k.i, " + strings.TrimPrefix(sel, "SELECT "))
+	b.WriteString(" FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS k(id, who, i)")
+	b.WriteString(" CROSS JOIN LATERAL (SELECT * FROM orders AS o WHERE o.id = k.id")
+	if vis != seesAll {
+		b.WriteString(" AND o." + visibleColumn(vis) + " = k.who")
+	}
+	b.WriteString(" OFFSET 0) AS o")
+	gq = &getQuery{sql: q.String(), batch: b.String(), cols: cols, lines: lines}
 	getQueries.Lock()
 	if getQueries.m == nil {
 		getQueries.m = map[getShape]*getQuery{}
@@ -483,6 +469,8 @@ type readStmts struct {
 	db *sql.DB
 	mu sync.RWMutex
 	m  map[string]*sql.Stmt
+
+	gets getBatches
 }
 
 var stmtDBs struct {

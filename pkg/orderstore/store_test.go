@@ -80,7 +80,8 @@ func TestMigrationsUpDownUp(t *testing.T) {
 		}
 		return int(n)
 	}
-	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 5 {
+	const migrations = 7
+	if n, err := orderstore.Migrate(ctx, db); err != nil || n != migrations {
 		t.Fatalf("up: %d migrations, %v", n, err)
 	}
 	if got := tables(); got != 5 {
@@ -89,13 +90,13 @@ func TestMigrationsUpDownUp(t *testing.T) {
 	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 0 {
 		t.Fatalf("second up: %d migrations, %v; want none", n, err)
 	}
-	if n, err := orderstore.Rollback(ctx, db); err != nil || n != 5 {
+	if n, err := orderstore.Rollback(ctx, db); err != nil || n != migrations {
 		t.Fatalf("down: %d migrations, %v", n, err)
 	}
 	if got := tables(); got != 0 {
 		t.Fatalf("after down: %d tables, want 0", got)
 	}
-	if n, err := orderstore.Migrate(ctx, db); err != nil || n != 5 {
+	if n, err := orderstore.Migrate(ctx, db); err != nil || n != migrations {
 		t.Fatalf("up again: %d migrations, %v", n, err)
 	}
 	// The schema works after the round trip.

@@ -21,8 +21,8 @@ import (
 type ConsumerConfig struct {
 	// MaxMessages is the most messages one receive asks for (1–10), and the
 	// most one subscription holds at once: a subscription receives again
-	// as soon as it has room, so a message being retried keeps one place,
-	// not the subscription.
+	// once half its places are free, or any after receiveLinger, so a
+	// message being retried keeps one place, not the subscription.
 	MaxMessages int
 	// WaitTime is the long poll (at most 20 s). Stop lets polls in progress
 	// return instead of cancelling them, so shutdown takes up to this long.
@@ -376,8 +376,11 @@ func (s *subscription) receiveLoop() {
 		}
 		pause = 0
 		if len(r.Messages) == 0 {
+			consumerReceives.WithLabelValues("empty").Inc()
 			continue
 		}
+		consumerReceives.WithLabelValues("messages").Inc()
+		consumerReceived.Add(float64(len(r.Messages)))
 		s.take(len(r.Messages))
 		// The visibility clock started when SQS answered, a network hop
 		// ago: within the margins of Budget (every wait at its jittered
@@ -390,18 +393,38 @@ func (s *subscription) receiveLoop() {
 	}
 }
 
-// wait blocks until the subscription has room, and returns how much; 0
-// means stop.
+// receiveLinger is how long a subscription with some room, but less than
+// half its places, waits for more before receiving. Under load, places
+// free up one ack at a time, and receiving at each one made a receive per
+// one or two messages; a receive costs the consumer and the endpoint
+// about the same whatever it brings. The wait is bounded, so messages
+// held a long time (retrying) never stop a subscription receiving.
+const receiveLinger = 20 * time.Millisecond
+
+// wait blocks until the subscription has room worth a receive (half its
+// places, or any after receiveLinger), and returns how much; 0 means stop.
 func (s *subscription) wait() int {
+	want := (s.c.cfg.MaxMessages + 1) / 2
+	var lingered <-chan time.Time
 	for {
 		s.mu.Lock()
 		n := s.free
 		s.mu.Unlock()
-		if n > 0 {
+		if n >= want {
 			return n
+		}
+		if n > 0 && lingered == nil {
+			t := time.NewTimer(receiveLinger)
+			defer t.Stop()
+			lingered = t.C
 		}
 		select {
 		case <-s.room:
+		case <-lingered:
+			s.mu.Lock()
+			n = s.free
+			s.mu.Unlock()
+			return n
 		case <-s.c.hard.Done():
 			return 0
 		}
@@ -621,4 +644,17 @@ var consumerCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help: "The consumer's calls to SQS besides receives: deletes of acked messages, give-backs and visibility extensions, by result (failed means at least one entry was not confirmed).",
 }, []string{"call", "result"})
 
-func init() { metrics.Register(consumerCalls) }
+// The receives, and what they bring: messages per receive shows whether
+// receiving is batched.
+var (
+	consumerReceives = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "oms_queue_consumer_receives_total",
+		Help: "The consumer's ReceiveMessage calls that returned, by whether they brought messages (empty: a long poll that ended with none).",
+	}, []string{"result"})
+	consumerReceived = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "oms_queue_consumer_received_messages_total",
+		Help: "Messages the consumer's receives brought, including any given back.",
+	})
+)
+
+func init() { metrics.Register(consumerCalls, consumerReceives, consumerReceived) }

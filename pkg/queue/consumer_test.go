@@ -327,3 +327,42 @@ func TestConsumerSubscribeAfterStopEnds(t *testing.T) {
 		t.Fatal("the channel of a subscription made after Stop stays open")
 	}
 }
+
+// TestConsumerReceivesWithMostPlacesHeld: a subscription waits for room
+// worth a receive (half its places), but only a little while; with nine
+// of its ten places held by messages not yet settled (retrying, say), the
+// next message is still handed out.
+func TestConsumerReceivesWithMostPlacesHeld(t *testing.T) {
+	client, c, urls, cons := consumerQueue(t, 20*time.Second, time.Second)
+	ch, err := cons.Subscribe(context.Background(), c.CommandQueue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []*message.Message
+	defer func() {
+		for _, m := range held {
+			m.Ack()
+		}
+	}()
+	for i := range 9 {
+		send(t, client, urls.Command, fifoMessage(fmt.Sprintf("held-%d", i), fmt.Sprintf("g%d", i)))
+	}
+	for len(held) < 9 {
+		select {
+		case m := <-ch:
+			held = append(held, m)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%d of 9 messages handed out", len(held))
+		}
+	}
+	send(t, client, urls.Command, fifoMessage("next", "g-next"))
+	select {
+	case m := <-ch:
+		if m.UUID != "next" {
+			t.Fatalf("handed out %s, want next", m.UUID)
+		}
+		m.Ack()
+	case <-time.After(30 * time.Second):
+		t.Fatal("a subscription with one free place of ten stopped receiving")
+	}
+}

@@ -63,8 +63,10 @@ func orderID(secret []byte, actor order.Actor, requestID string) string {
 // validates them with the domain's rules and enqueues them.
 type commandService struct {
 	omsv1.UnimplementedOrderCommandServiceServer
-	pub      message.Publisher
-	queue    string
+	pub   message.Publisher
+	queue string
+	// encoding is the content type of command bodies.
+	encoding string
 	timeout  time.Duration
 	idSecret []byte
 	log      *slog.Logger
@@ -154,11 +156,12 @@ func (s *commandService) enqueue(ctx context.Context, vs []order.FieldViolation,
 	}
 	cmd.IssueTime = time.Now().UTC()
 	cmd.CorrelationID = logging.CorrelationID(ctx)
-	body, err := orderpb.EncodeCommand(cmd)
+	body, err := orderpb.EncodeCommandAs(cmd, s.encoding)
 	if err != nil {
 		return nil, fmt.Errorf("encode command: %w", err)
 	}
 	msg := message.NewMessage(cmd.ID, body)
+	msg.Metadata.Set(orderpb.ContentTypeKey, s.encoding)
 	msg.Metadata.Set(queue.MetaGroupID, cmd.OrderID)
 	msg.Metadata.Set(queue.MetaDedupID, dedupID(cmd))
 	msg.Metadata.Set("command", string(cmd.Kind()))

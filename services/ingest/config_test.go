@@ -6,6 +6,7 @@ import (
 
 	"github.com/omsdev/oms/pkg/config"
 	"github.com/omsdev/oms/pkg/order"
+	"github.com/omsdev/oms/pkg/orderpb"
 )
 
 // secure is the least configuration ingest starts with: an issuer to
@@ -25,6 +26,12 @@ func TestLoadConfig(t *testing.T) {
 	if c.HTTPAddr != "127.0.0.1:8080" || c.GRPCAddr != "127.0.0.1:9090" || c.AdminAddr != "127.0.0.1:9180" || !c.GRPCReflection {
 		t.Errorf("defaults: %+v", c.Settings)
 	}
+	if c.CommandEncoding != orderpb.ContentTypeProtobuf {
+		t.Errorf("command encoding %q, want protobuf", c.CommandEncoding)
+	}
+	if c, err := LoadConfig(with(map[string]string{"INGEST_COMMAND_ENCODING": "json"})); err != nil || c.CommandEncoding != orderpb.ContentTypeJSON {
+		t.Errorf("INGEST_COMMAND_ENCODING=json: %q, %v", c.CommandEncoding, err)
+	}
 	if c.Guard.Limits.CommandsPerSecond != 20 || string(c.OrderIDSecret) != secure["ORDER_ID_SECRET"] {
 		t.Errorf("guard %+v", c.Guard)
 	}
@@ -34,6 +41,7 @@ func TestLoadConfig(t *testing.T) {
 	}{
 		{map[string]string{"GRPC_ADDR": ":9090"}, "plaintext beyond loopback"},
 		{map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL"},
+		{map[string]string{"INGEST_COMMAND_ENCODING": "xml"}, "INGEST_COMMAND_ENCODING"},
 		{map[string]string{"AUTH_ISSUER": "", "AUTH_AUDIENCE": "", "AUTH_JWKS_URL": ""}, "AUTH_ISSUER"},
 		{map[string]string{"ORDER_ID_SECRET": ""}, "ORDER_ID_SECRET is required"},
 		{map[string]string{"ORDER_ID_SECRET": "short-secret-hunter2"}, "ORDER_ID_SECRET: must be at least 32 characters"},

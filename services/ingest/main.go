@@ -20,6 +20,7 @@ import (
 	"github.com/omsdev/oms/pkg/auth"
 	"github.com/omsdev/oms/pkg/config"
 	"github.com/omsdev/oms/pkg/logging"
+	"github.com/omsdev/oms/pkg/orderpb"
 	"github.com/omsdev/oms/pkg/queue"
 	"github.com/omsdev/oms/pkg/serve"
 	"github.com/omsdev/oms/pkg/tracing"
@@ -33,13 +34,18 @@ type Config struct {
 	Guard auth.Guard
 	// OrderIDSecret (ORDER_ID_SECRET, at least 32 characters, the same on
 	// every replica) keys the derivation of order ids from request ids.
-	OrderIDSecret  []byte
-	Queue          queue.Config
-	Batch          queue.BatchConfig
-	EnqueueTimeout time.Duration
-	MaxBodyBytes   int64
-	DrainTimeout   time.Duration
-	LogLevel       string
+	OrderIDSecret []byte
+	Queue         queue.Config
+	Batch         queue.BatchConfig
+	// CommandEncoding (INGEST_COMMAND_ENCODING, protobuf or json) is the
+	// command bodies' encoding. Processors read both; json is for a
+	// rolling upgrade while processors older than the protobuf bodies
+	// still run.
+	CommandEncoding string
+	EnqueueTimeout  time.Duration
+	MaxBodyBytes    int64
+	DrainTimeout    time.Duration
+	LogLevel        string
 }
 
 // LoadConfig reads the environment; see the README's configuration table.
@@ -55,10 +61,11 @@ func LoadConfig(env *config.Env) (Config, error) {
 			Linger:      env.Duration("INGEST_BATCH_LINGER", 5*time.Millisecond, 0, time.Second),
 			MaxInFlight: env.Int("INGEST_BATCH_MAX_IN_FLIGHT", 16, 1, 256),
 		},
-		EnqueueTimeout: env.Duration("INGEST_ENQUEUE_TIMEOUT", 5*time.Second, 100*time.Millisecond, time.Minute),
-		MaxBodyBytes:   int64(env.Int("MAX_BODY_BYTES", 1<<20, 1024, 64<<20)),
-		DrainTimeout:   env.Duration("DRAIN_TIMEOUT", 20*time.Second, 0, 10*time.Minute),
-		LogLevel:       env.OneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
+		CommandEncoding: encodings[env.OneOf("INGEST_COMMAND_ENCODING", "protobuf", "protobuf", "json")],
+		EnqueueTimeout:  env.Duration("INGEST_ENQUEUE_TIMEOUT", 5*time.Second, 100*time.Millisecond, time.Minute),
+		MaxBodyBytes:    int64(env.Int("MAX_BODY_BYTES", 1<<20, 1024, 64<<20)),
+		DrainTimeout:    env.Duration("DRAIN_TIMEOUT", 20*time.Second, 0, 10*time.Minute),
+		LogLevel:        env.OneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 	}
 	secret := env.Secret("ORDER_ID_SECRET", 32)
 	switch {
@@ -70,6 +77,9 @@ func LoadConfig(env *config.Env) (Config, error) {
 	c.OrderIDSecret = []byte(secret)
 	return c, env.Err()
 }
+
+// encodings maps INGEST_COMMAND_ENCODING to a command body content type.
+var encodings = map[string]string{"protobuf": orderpb.ContentTypeProtobuf, "json": orderpb.ContentTypeJSON}
 
 // insecureDevSecret stands in for ORDER_ID_SECRET in insecure dev mode
 // only, where every caller is trusted anyway.
@@ -130,7 +140,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	svc := &commandService{pub: pub, queue: cfg.Queue.CommandQueue, timeout: cfg.EnqueueTimeout, idSecret: cfg.OrderIDSecret, log: log}
+	svc := &commandService{pub: pub, queue: cfg.Queue.CommandQueue, encoding: cfg.CommandEncoding,
+		timeout: cfg.EnqueueTimeout, idSecret: cfg.OrderIDSecret, log: log}
 	srv, err := serve.Listen(serve.API{
 		Name:               "ingest",
 		Settings:           cfg.Settings,

@@ -96,7 +96,7 @@ func describe(body []byte, attr func(string) string, group string) deadLetter {
 		OrderID: group, Reason: attr(middleware.ReasonForPoisonedKey),
 		Command: attr("command"), CorrelationID: attr(middleware.CorrelationIDMetadataKey),
 	}
-	if cmd, err := orderpb.DecodeCommand(body); err == nil {
+	if cmd, err := orderpb.DecodeCommandAs(body, attr(orderpb.ContentTypeKey)); err == nil {
 		d.Command, d.CommandID = string(cmd.Kind()), cmd.ID
 		if d.OrderID == "" {
 			d.OrderID = cmd.OrderID

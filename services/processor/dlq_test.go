@@ -20,6 +20,8 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/omsdev/oms/pkg/logging"
+	oms "github.com/omsdev/oms/pkg/order"
+	"github.com/omsdev/oms/pkg/orderpb"
 	"github.com/omsdev/oms/pkg/queue"
 )
 
@@ -168,19 +170,27 @@ func TestDeadLetterFailureIsLoggedAsError(t *testing.T) {
 
 func TestDescribe(t *testing.T) {
 	order := uuid.NewString()
-	attrs := map[string]string{middleware.ReasonForPoisonedKey: "r", "command": "pay", "correlation_id": "attr-corr"}
-	get := func(k string) string { return attrs[k] }
+	pb, err := orderpb.EncodeCommandAs(oms.Command{ID: "c-2", OrderID: order, CorrelationID: "pb-corr",
+		Actor: oms.Actor{ID: "service:s"}, Body: oms.ShipOrder{Carrier: "c"}}, orderpb.ContentTypeProtobuf)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for name, tc := range map[string]struct {
-		body, group string
-		want        deadLetter
+		body, contentType, group string
+		want                     deadLetter
 	}{
-		"command": {actorless("c-1", order), "",
+		"command": {actorless("c-1", order), "", "",
 			deadLetter{OrderID: order, Command: "cancel", CommandID: "c-1", Reason: "r", CorrelationID: "corr-" + order[:8]}},
-		"group wins": {actorless("c-1", order), "g",
+		"group wins": {actorless("c-1", order), "", "g",
 			deadLetter{OrderID: "g", Command: "cancel", CommandID: "c-1", Reason: "r", CorrelationID: "corr-" + order[:8]}},
-		"garbage": {"garbage", "",
+		"garbage": {"garbage", "", "",
 			deadLetter{OrderID: "undecodable", Command: "pay", Reason: "r", CorrelationID: "attr-corr"}},
+		"protobuf": {string(pb), orderpb.ContentTypeProtobuf, "",
+			deadLetter{OrderID: order, Command: "ship", CommandID: "c-2", Reason: "r", CorrelationID: "pb-corr"}},
 	} {
+		attrs := map[string]string{middleware.ReasonForPoisonedKey: "r", "command": "pay", "correlation_id": "attr-corr",
+			orderpb.ContentTypeKey: tc.contentType}
+		get := func(k string) string { return attrs[k] }
 		if got := describe([]byte(tc.body), get, tc.group); fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", tc.want) {
 			t.Errorf("%s:\n got %+v\nwant %+v", name, got, tc.want)
 		}

@@ -70,7 +70,8 @@ func (a *applier) handle(msg *message.Message) error {
 	// The dead-letter queue is FIFO too: it needs a group even for a body
 	// that names no order.
 	msg.Metadata.Set(queue.MetaGroupID, "undecodable")
-	cmd, err := orderpb.DecodeCommand(msg.Payload)
+	// An older ingest sent JSON without a content type.
+	cmd, err := orderpb.DecodeCommandAs(msg.Payload, msg.Metadata.Get(orderpb.ContentTypeKey))
 	if err != nil {
 		return permanentError{fmt.Errorf("message %s: %w", msg.UUID, err)}
 	}
@@ -89,7 +90,12 @@ func (a *applier) handle(msg *message.Message) error {
 		trace.WithAttributes(attribute.String("oms.command_id", cmd.ID), attribute.String("oms.order_id", cmd.OrderID)))
 	defer span.End()
 	ctx = logging.WithCorrelationID(ctx, cmd.CorrelationID)
-	log := a.log.With("command", cmd.Kind(), "command_id", cmd.ID, "order_id", cmd.OrderID)
+	// Each line names the command. Not Logger.With: that clones and
+	// preformats a handler for every message, most of which log once.
+	log := func(level slog.Level, msg string, attrs ...slog.Attr) {
+		a.log.LogAttrs(ctx, level, msg, append([]slog.Attr{slog.String("command", string(cmd.Kind())),
+			slog.String("command_id", cmd.ID), slog.String("order_id", cmd.OrderID)}, attrs...)...)
+	}
 
 	start := time.Now()
 	res, err := a.app.Apply(ctx, cmd)
@@ -111,11 +117,11 @@ func (a *applier) handle(msg *message.Message) error {
 			// No such order yet: its create may still be in flight (left
 			// there by a crash or an outage). Dead-lettered only when the
 			// retries run out.
-			log.WarnContext(ctx, "order not found yet; retrying", "err", err)
+			log(slog.LevelWarn, "order not found yet; retrying", slog.Any("err", err))
 			commandsTotal.WithLabelValues(string(cmd.Kind()), "retried").Inc()
 			return pendingError{err}
 		case orderstore.ClassOperational:
-			log.ErrorContext(ctx, "the database is not ready for this binary; retrying, never dead-lettering", "err", err)
+			log(slog.LevelError, "the database is not ready for this binary; retrying, never dead-lettering", slog.Any("err", err))
 			commandsTotal.WithLabelValues(string(cmd.Kind()), "retried").Inc()
 			if a.operational != nil {
 				a.operational(err)
@@ -125,7 +131,7 @@ func (a *applier) handle(msg *message.Message) error {
 			// Connection loss, serialization failure, a rolled-back
 			// commit...: anything not known to be permanent is worth
 			// another attempt.
-			log.WarnContext(ctx, "transient failure", "err", err)
+			log(slog.LevelWarn, "transient failure", slog.Any("err", err))
 			commandsTotal.WithLabelValues(string(cmd.Kind()), "retried").Inc()
 			return err
 		}
@@ -134,18 +140,18 @@ func (a *applier) handle(msg *message.Message) error {
 	commandsTotal.WithLabelValues(string(cmd.Kind()), string(res.Outcome)).Inc()
 	switch res.Outcome {
 	case orderapp.Applied:
-		log.InfoContext(ctx, "command applied", "state", res.Order.State.String(), "version", res.Order.Version)
+		log(slog.LevelInfo, "command applied", slog.String("state", res.Order.State.String()), slog.Int64("version", res.Order.Version))
 	case orderapp.Rejected:
-		log.InfoContext(ctx, "command rejected", "reason", res.Reason)
+		log(slog.LevelInfo, "command rejected", slog.String("reason", res.Reason))
 	case orderapp.Refused:
 		// Not the actor's order: no trace on it; the outcome is the
 		// command's own record.
-		log.WarnContext(ctx, "command refused: the sender may not act on this order", "actor", cmd.Actor.ID)
+		log(slog.LevelWarn, "command refused: the sender may not act on this order", slog.String("actor", cmd.Actor.ID))
 	case orderapp.Duplicate:
 		if res.Mismatch {
-			log.WarnContext(ctx, "request id reused for a different command; ignored")
+			log(slog.LevelWarn, "request id reused for a different command; ignored")
 		} else {
-			log.InfoContext(ctx, "duplicate delivery ignored")
+			log(slog.LevelInfo, "duplicate delivery ignored")
 		}
 	}
 	return nil

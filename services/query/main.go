@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -80,7 +79,7 @@ func main() {
 		os.Exit(2)
 	}
 	log := logging.New(os.Stdout, "query", cfg.LogLevel)
-	tuneGC(os.Getenv)
+	config.TuneGC(os.Getenv, defaultGCPercent, defaultMemoryLimit)
 	if err := run(ctx, cfg, log); err != nil {
 		log.Error("query failed", "err", err)
 		os.Exit(1)
@@ -96,15 +95,6 @@ const (
 	defaultGCPercent   = 400
 	defaultMemoryLimit = 48 << 20
 )
-
-func tuneGC(getenv func(string) string) {
-	if getenv("GOGC") == "" {
-		debug.SetGCPercent(defaultGCPercent)
-	}
-	if getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(defaultMemoryLimit)
-	}
-}
 
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	stopTracing, err := tracing.Setup(ctx, "query")

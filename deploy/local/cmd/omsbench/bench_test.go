@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -44,6 +45,7 @@ func TestBenchSmoke(t *testing.T) {
 		"-bin", bin, "-log-dir", t.TempDir(), "-db", "oms_bench_smoke_" + hex.EncodeToString(b), "-out", out, "-timeout", "3m",
 		"-pg-duration", "1s", "-sqs-messages", "300", "-drain-orders", "200", "-e2e-orders", "200",
 		"-rate-duration", "1s", "-read-duration", "1s", "-cpuprofile", profiles, "-profile-duration", "1s",
+		"-list-scale", "2000,4000", "-list-duration", "1s", "-soak", "300", "-soak-sample", "100ms",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -81,6 +83,8 @@ func TestBenchSmoke(t *testing.T) {
 		{"## Reads", []int{2, 3, 4, 5, 6, 7, 8}},
 		{"## CPU per unit of work", []int{2, 3, 4, 5, 6, 7, 8}},
 		{"## Peak memory", []int{1}},
+		{"## ListOrders as the table grows", []int{0, 3, 6, 7, 9}},
+		{"## Memory over a soak", []int{3, 4, 5, 6}},
 	} {
 		rows := tableRows(text, c.section)
 		if len(rows) == 0 {
@@ -147,13 +151,13 @@ func TestCommandSpan(t *testing.T) {
 		want  []string
 	}{
 		{"a transaction", []statement{
-			{1, "SELECT 1"}, {1, "BEGIN"}, {1, "INSERT claim c-1"}, {1, "SELECT o-1 FOR UPDATE"}, {1, "INSERT o-1"}, {1, "COMMIT"}, {1, "SELECT relay"},
+			{conn: 1, text: "SELECT 1"}, {conn: 1, text: "BEGIN"}, {conn: 1, text: "INSERT claim c-1"}, {conn: 1, text: "SELECT o-1 FOR UPDATE"}, {conn: 1, text: "INSERT o-1"}, {conn: 1, text: "COMMIT"}, {conn: 1, text: "SELECT relay"},
 		}, []string{"BEGIN", "INSERT claim c-1", "SELECT o-1 FOR UPDATE", "INSERT o-1", "COMMIT"}},
 		{"two statements, no transaction, another connection in between", []statement{
-			{2, "SELECT guard"}, {1, "SELECT o-1, c-1"}, {2, "UPDATE outbox"}, {1, "WITH claim AS (o-1) SELECT true"}, {1, "SELECT relay"},
+			{conn: 2, text: "SELECT guard"}, {conn: 1, text: "SELECT o-1, c-1"}, {conn: 2, text: "UPDATE outbox"}, {conn: 1, text: "WITH claim AS (o-1) SELECT true"}, {conn: 1, text: "SELECT relay"},
 		}, []string{"SELECT o-1, c-1", "WITH claim AS (o-1) SELECT true"}},
 		{"read, then a transaction for the write", []statement{
-			{1, "SELECT o-1"}, {1, "BEGIN"}, {1, "INSERT o-1"}, {1, "INSERT outbox"}, {1, "COMMIT"},
+			{conn: 1, text: "SELECT o-1"}, {conn: 1, text: "BEGIN"}, {conn: 1, text: "INSERT o-1"}, {conn: 1, text: "INSERT outbox"}, {conn: 1, text: "COMMIT"},
 		}, []string{"SELECT o-1", "BEGIN", "INSERT o-1", "INSERT outbox", "COMMIT"}},
 	}
 	for _, tt := range tests {
@@ -168,7 +172,7 @@ func TestCommandSpan(t *testing.T) {
 			}
 		})
 	}
-	if _, err := commandSpan([]statement{{1, "SELECT 1"}}, order, cmd); err == nil {
+	if _, err := commandSpan([]statement{{conn: 1, text: "SELECT 1"}}, order, cmd); err == nil {
 		t.Error("a recording without the order gave a span")
 	}
 }
@@ -197,5 +201,56 @@ func TestBindParams(t *testing.T) {
 	got := bindParams("INSERT INTO t VALUES ($1, $2)", msg)
 	if want := `INSERT INTO t VALUES ('it''s', NULL)`; got != want {
 		t.Errorf("got %s, want %s", got, want)
+	}
+}
+
+func TestParseSizes(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in      string
+		want    []int
+		wantErr bool
+	}{
+		{"100000", []int{100000}, false},
+		{"100000, 1_000_000,10000000", []int{100000, 1000000, 10000000}, false},
+		{"1000,1000", nil, true},
+		{"1000,10", nil, true},
+		{"0", nil, true},
+		{"1e6", nil, true},
+		{"", nil, true},
+	}
+	for _, tt := range tests {
+		got, err := parseSizes(tt.in)
+		if (err != nil) != tt.wantErr || !slices.Equal(got, tt.want) {
+			t.Errorf("parseSizes(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestSoakDeciles(t *testing.T) {
+	t.Parallel()
+	at := func(sent int64, rss int64) memSample {
+		return memSample{Sent: sent, Applied: sent, Mem: map[string]mem{nameQuery: {RSS: rss, HWM: rss}}}
+	}
+	r := soakResult{Commands: 100, Samples: []memSample{
+		at(5, 10), at(10, 12), // the first tenth: its last sample, and the largest
+		at(15, 30), at(20, 20),
+		at(100, 40), at(100, 35), // after the last send: the last tenth
+	}}
+	rows := r.deciles()
+	want := []struct {
+		upto     int64
+		end, max int64
+	}{{10, 12, 12}, {20, 20, 30}, {100, 35, 40}}
+	if len(rows) != len(want) {
+		t.Fatalf("%d rows, want %d: %+v", len(rows), len(want), rows)
+	}
+	for i, w := range want {
+		if rows[i].Upto != w.upto || rows[i].End[nameQuery].RSS != w.end || rows[i].Max[nameQuery] != w.max {
+			t.Errorf("row %d: upto %d end %d max %d; want %+v", i, rows[i].Upto, rows[i].End[nameQuery].RSS, rows[i].Max[nameQuery], w)
+		}
+	}
+	if rows := (soakResult{Commands: 100}).deciles(); rows != nil {
+		t.Errorf("no samples gave rows: %+v", rows)
 	}
 }

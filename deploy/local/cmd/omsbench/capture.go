@@ -43,6 +43,10 @@ type recorder struct {
 type statement struct {
 	conn int
 	text string
+	// An extended-protocol statement's text as parsed, and its parameters
+	// as literals.
+	query  string
+	params []string
 }
 
 func newRecorder(target string) (*recorder, error) {
@@ -101,8 +105,8 @@ func (r *recorder) frontend(id int, c net.Conn, b net.Conn) {
 		io.Copy(b, in)
 		return
 	}
-	parsed := map[string]string{}  // prepared statement name → query
-	portals := map[string]string{} // portal name → query with its parameters
+	parsed := map[string]string{}     // prepared statement name → query
+	portals := map[string]statement{} // portal name → query with its parameters
 	for {
 		var h [5]byte
 		if _, err := io.ReadFull(in, h[:]); err != nil {
@@ -115,16 +119,17 @@ func (r *recorder) frontend(id int, c net.Conn, b net.Conn) {
 		}
 		switch h[0] {
 		case 'Q':
-			r.record(id, cstring(body, 0))
+			r.record(statement{conn: id, text: cstring(body, 0)})
 		case 'P':
 			name := cstring(body, 0)
 			parsed[name] = cstring(body, len(name)+1)
 		case 'B':
 			portal := cstring(body, 0)
 			stmt := cstring(body, len(portal)+1)
-			portals[portal] = bindParams(parsed[stmt], body[len(portal)+len(stmt)+2:])
+			q, params := parsed[stmt], bindValues(body[len(portal)+len(stmt)+2:])
+			portals[portal] = statement{conn: id, text: substitute(q, params), query: q, params: params}
 		case 'E':
-			r.record(id, portals[cstring(body, 0)])
+			r.record(portals[cstring(body, 0)])
 		}
 		if _, err := b.Write(append(h[:], body...)); err != nil {
 			return
@@ -132,12 +137,12 @@ func (r *recorder) frontend(id int, c net.Conn, b net.Conn) {
 	}
 }
 
-func (r *recorder) record(conn int, text string) {
-	if strings.TrimSpace(text) == "" {
+func (r *recorder) record(st statement) {
+	if strings.TrimSpace(st.text) == "" {
 		return
 	}
 	r.mu.Lock()
-	r.stmts = append(r.stmts, statement{conn, text})
+	r.stmts = append(r.stmts, st)
 	r.mu.Unlock()
 }
 
@@ -173,6 +178,12 @@ var paramRE = regexp.MustCompile(`\$([0-9]+)`)
 // bindParams writes a Bind message's parameters into query as literals:
 // text values quoted, binary ones as bytea, NULL as NULL.
 func bindParams(query string, b []byte) string {
+	return substitute(query, bindValues(b))
+}
+
+// bindValues is a Bind message's parameters as SQL literals; nil when the
+// message cannot be read.
+func bindValues(b []byte) []string {
 	u16 := func() int {
 		if len(b) < 2 {
 			return 0
@@ -188,7 +199,7 @@ func bindParams(query string, b []byte) string {
 	values := make([]string, u16())
 	for i := range values {
 		if len(b) < 4 {
-			return query
+			return nil
 		}
 		n := int(int32(binary.BigEndian.Uint32(b)))
 		b = b[4:]
@@ -197,7 +208,7 @@ func bindParams(query string, b []byte) string {
 			continue
 		}
 		if n > len(b) {
-			return query
+			return nil
 		}
 		v := b[:n]
 		b = b[n:]
@@ -214,6 +225,11 @@ func bindParams(query string, b []byte) string {
 			values[i] = "'" + strings.ReplaceAll(string(v), "'", "''") + "'"
 		}
 	}
+	return values
+}
+
+// substitute writes values into query's $n placeholders.
+func substitute(query string, values []string) string {
 	return paramRE.ReplaceAllStringFunc(query, func(m string) string {
 		i, _ := strconv.Atoi(m[1:])
 		if i < 1 || i > len(values) {

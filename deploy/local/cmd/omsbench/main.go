@@ -69,6 +69,13 @@ type config struct {
 	ListClients  int
 	ReadDuration time.Duration
 
+	ListScale    []int // -list-scale: sizes of the orders table to measure ListOrders at
+	ListDuration time.Duration
+
+	Soak       int     // creates of the soak; 0: none
+	SoakRate   float64 // creates per second; 0: half the saturation rate
+	SoakSample time.Duration
+
 	CPUProfile      string
 	ProfileDuration time.Duration
 	Notes           string // a markdown file appended to the report
@@ -100,6 +107,15 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.ReadClients, "read-c", 16, "concurrent GetOrder clients, and pgbench clients for their ceiling")
 	fs.IntVar(&c.ListClients, "list-c", 4, "concurrent ListOrders clients, and pgbench clients for their ceiling")
 	fs.DurationVar(&c.ReadDuration, "read-duration", 5*time.Second, "length of each read run (whole seconds for its pgbench ceiling)")
+	fs.Func("list-scale", "grow the orders table to each of these sizes in turn (e.g. 100000,1000000,10000000) and measure ListOrders' first page at each (off by default)", func(v string) error {
+		sizes, err := parseSizes(v)
+		c.ListScale = sizes
+		return err
+	})
+	fs.DurationVar(&c.ListDuration, "list-duration", 5*time.Second, "length of each -list-scale measurement")
+	fs.IntVar(&c.Soak, "soak", 0, "after the reads, send this many creates at a fixed rate below saturation and sample every service's memory (off by default)")
+	fs.Float64Var(&c.SoakRate, "soak-rate", 0, "the soak's creates per second (default: half the saturation rate measured in the run)")
+	fs.DurationVar(&c.SoakSample, "soak-sample", time.Second, "interval between the soak's memory samples")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "fetch CPU profiles of the services during the drain into this directory (needs /debug/pprof on their admin ports)")
 	fs.DurationVar(&c.ProfileDuration, "profile-duration", 10*time.Second, "length of each -cpuprofile profile")
 	fs.StringVar(&c.Notes, "notes", "", "a markdown file appended to the report as it is (what the figures meant, and the history behind them)")
@@ -118,12 +134,42 @@ func parseFlags(args []string) (config, error) {
 	}
 	for name, d := range map[string]time.Duration{"-timeout": c.Timeout, "-pg-duration": c.PGDuration, "-drain-timeout": c.DrainTimeout,
 		"-rate-duration": c.RateDuration, "-rate-poll": c.RatePoll, "-load-timeout": c.LoadTimeout, "-read-duration": c.ReadDuration,
-		"-profile-duration": c.ProfileDuration} {
+		"-profile-duration": c.ProfileDuration, "-list-duration": c.ListDuration, "-soak-sample": c.SoakSample} {
 		if d <= 0 {
 			return c, fmt.Errorf("%s must be positive", name)
 		}
 	}
+	if c.Soak < 0 || c.SoakRate < 0 {
+		return c, errors.New("-soak and -soak-rate must not be negative")
+	}
+	timeoutSet := false
+	fs.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "timeout" })
+	if !timeoutSet {
+		// Room for the opt-in phases at a slow machine's pace: 200 creates
+		// a second for the soak, 2,500 orders a second added to the table.
+		c.Timeout += time.Duration(c.Soak) * 5 * time.Millisecond
+		if n := len(c.ListScale); n > 0 {
+			c.Timeout += time.Duration(c.ListScale[n-1]) * 400 * time.Microsecond
+		}
+	}
 	return c, nil
+}
+
+// parseSizes reads a comma-separated list of table sizes, in increasing
+// order.
+func parseSizes(v string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(v, ",") {
+		n, err := strconv.Atoi(strings.ReplaceAll(strings.TrimSpace(f), "_", ""))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q: want positive whole numbers separated by commas", v)
+		}
+		if len(out) > 0 && n <= out[len(out)-1] {
+			return nil, fmt.Errorf("%q: sizes must increase", v)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func main() {
@@ -267,9 +313,33 @@ func run(ctx context.Context, cfg config, log io.Writer) error {
 		}
 		say("reads")
 		r.Get, r.GetHTTP, r.List, r.ReadsErr = s.reads(ctx, cfg)
+		if cfg.Soak > 0 {
+			rate := cfg.SoakRate
+			if rate == 0 {
+				rate = r.Saturation.Load.VisiblePerSec / 2
+			}
+			if rate <= 0 {
+				r.Soak = &soakResult{Commands: cfg.Soak, Err: errNoSaturation}
+			} else {
+				say("soak: omsload -rate %.0f -n %d, sampling memory every %s", rate, cfg.Soak, cfg.SoakSample)
+				sk := s.soak(ctx, cfg, rate)
+				r.Soak = &sk
+			}
+		}
+		// Last: it leaves the table at its largest size.
+		if len(cfg.ListScale) > 0 {
+			say("list scale: %v orders", cfg.ListScale)
+			r.Scale, r.ScaleErr = s.listScale(ctx, cfg)
+		}
 	} else {
 		r.Saturation.Err = errors.New("skipped: the drain failed")
 		r.Rate.Err, r.ReadsErr = r.Saturation.Err, r.Saturation.Err
+		if cfg.Soak > 0 {
+			r.Soak = &soakResult{Commands: cfg.Soak, Err: r.Saturation.Err}
+		}
+		if len(cfg.ListScale) > 0 {
+			r.ScaleErr = r.Saturation.Err
+		}
 	}
 	r.PeakRSS = s.peaks()
 	if p := s.exited(); p != "" {

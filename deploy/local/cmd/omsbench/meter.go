@@ -12,6 +12,11 @@ import (
 // of the server share.
 const namePostgres = "postgres"
 
+// namePGBackends labels the bench database's backends alone: without the
+// cluster's background processes, which other users of the server keep
+// busy (a checkpoint after a bulk load, say).
+const namePGBackends = "postgres backends"
+
 // measured lists the processes whose CPU every phase reports, in order.
 var measured = []string{nameProcessor, nameIngest, nameQuery, nameSQS, namePostgres}
 
@@ -63,7 +68,7 @@ func (m *meter) sample(ctx context.Context, atStart bool) {
 			pids[name] = []int{pid}
 		}
 	}
-	pids[namePostgres] = m.s.postgresPIDs(ctx)
+	pids[namePostgres], pids[namePGBackends] = m.s.postgresPIDs(ctx)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for name, list := range pids {
@@ -88,24 +93,27 @@ func (m *meter) sample(ctx context.Context, atStart bool) {
 }
 
 // postgresPIDs lists the bench database's backends, but for the bench's
-// own, and the cluster's background processes.
-func (s *stack) postgresPIDs(ctx context.Context) []int {
+// own, and the cluster's background processes; and the backends alone.
+func (s *stack) postgresPIDs(ctx context.Context) (all, backends []int) {
 	s.monMu.Lock()
 	defer s.monMu.Unlock()
 	rows, err := s.mon.QueryContext(ctx,
-		`SELECT pid FROM pg_stat_activity WHERE (datname = $1 OR datname IS NULL) AND pid <> pg_backend_pid()`, s.dbName)
+		`SELECT pid, datname IS NOT NULL FROM pg_stat_activity WHERE (datname = $1 OR datname IS NULL) AND pid <> pg_backend_pid()`, s.dbName)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	defer rows.Close()
-	var out []int
 	for rows.Next() {
 		var pid int
-		if rows.Scan(&pid) == nil {
-			out = append(out, pid)
+		var backend bool
+		if rows.Scan(&pid, &backend) == nil {
+			all = append(all, pid)
+			if backend {
+				backends = append(backends, pid)
+			}
 		}
 	}
-	return out
+	return all, backends
 }
 
 // cpu is the CPU each process used in a phase, and the phase's length.

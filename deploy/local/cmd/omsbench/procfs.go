@@ -60,17 +60,37 @@ func cpuTime(pid int) (time.Duration, error) {
 
 // peakRSS is pid's peak resident set size (VmHWM) in bytes.
 func peakRSS(pid int) (int64, error) {
+	m, err := memory(pid)
+	return m.HWM, err
+}
+
+// mem is a process's resident set in bytes: now (VmRSS) and its peak so
+// far (VmHWM).
+type mem struct{ RSS, HWM int64 }
+
+func memory(pid int) (mem, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return mem{}, err
 	}
+	var m mem
+	var seen int
 	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10, err
+		for key, dst := range map[string]*int64{"VmRSS:": &m.RSS, "VmHWM:": &m.HWM} {
+			if v, ok := strings.CutPrefix(line, key); ok {
+				kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				if err != nil {
+					return mem{}, fmt.Errorf("/proc/%d/status: %s %w", pid, key, err)
+				}
+				*dst = kb << 10
+				seen++
+			}
 		}
 	}
-	return 0, fmt.Errorf("/proc/%d/status: no VmHWM", pid)
+	if seen < 2 {
+		return mem{}, fmt.Errorf("/proc/%d/status: no VmRSS or VmHWM", pid)
+	}
+	return m, nil
 }
 
 // procfsWorks says whether this system has the /proc the bench reads.

@@ -43,6 +43,11 @@ type results struct {
 	List             readResult
 	ReadsErr         error
 
+	// The opt-in phases: nil or empty when not asked for.
+	Soak     *soakResult
+	Scale    []scaleStep
+	ScaleErr error
+
 	PeakRSS map[string]int64
 	Exited  string
 }
@@ -67,6 +72,15 @@ func (r *results) failures() []string {
 	add("ListOrders", r.List.Err)
 	add("GetOrder ceiling", r.Get.CeilingErr)
 	add("ListOrders ceiling", r.List.CeilingErr)
+	if r.Soak != nil {
+		add("soak", r.Soak.Err)
+	}
+	add("ListOrders as the table grows", r.ScaleErr)
+	for _, st := range r.Scale {
+		for _, c := range st.Calls {
+			add(fmt.Sprintf("ListOrders at %s orders, %s", num(float64(st.Orders)), c.Shape.Name), c.Read.Err)
+		}
+	}
 	if r.Exited != "" {
 		out = append(out, r.Exited)
 	}
@@ -85,6 +99,8 @@ var sections = []string{
 	"## Profiles",
 	"## Machine and configuration",
 	"## How each figure is measured",
+	"## ListOrders as the table grows",
+	"## Memory over a soak",
 }
 
 func (r *results) write(w io.Writer) error {
@@ -176,7 +192,8 @@ func (r *results) write(w io.Writer) error {
 		cfg.FillClients, num(float64(d.Fill.Accepted)), num(d.Fill.AcceptedPerSec), num(float64(d.Queued)))
 	p("| Processor start → every order applied | %s s for %s orders: %s orders/s |\n", dec(d.Seconds), num(float64(d.Applied)), fig(drainOK, num(d.PerSec)))
 	p("| Against the create ceiling (%s tps) | %s |\n", num(r.CreateCeiling), ratio(drainOK && r.CreateCeilingErr == nil, d.PerSec, r.CreateCeiling))
-	p("| Processor start → every notification relayed | %s s |\n\n", dec(d.RelaySeconds))
+	p("| Processor start → every notification relayed | %s s |\n", dec(d.RelaySeconds))
+	p("| The bench's own monitoring meanwhile: %d looks at the command queue, then the outbox polled until empty, and the CPU sampling (PostgreSQL CPU of its one connection, counted in no figure above) | %s |\n\n", d.Polls, msec(d.ProbeCPU))
 
 	p("%s\n\n", sections[3])
 	p("| Run | Orders | Accepted/s | Visible/s | Visible/accepted | POST p99 | POST→visible p50 | p95 | p99 | max | Errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -241,6 +258,9 @@ func (r *results) write(w io.Writer) error {
 	}
 	p("\n")
 
+	r.writeScale(b)
+	r.writeSoak(b)
+
 	p("%s\n\n", sections[7])
 	switch {
 	case cfg.CPUProfile == "":
@@ -277,7 +297,7 @@ func (r *results) write(w io.Writer) error {
 	p(`- **Stack.** omsbench drops and creates its own database, starts the SQS emulator (sqslocal), ingest, query and later the processor from the binaries of ` + "`make build-local`" + `, each a process of its own on free ports, with a development token issuer in the bench. Everything the services print goes to log files, not through the bench.
 - **Create ceiling.** The bench runs the processor once through a proxy that records what it sends PostgreSQL, has ingest accept one create, and keeps that command's statements (on the connection that first names the order, to the last that does, widened to an enclosing transaction). pgbench runs them as sent, with fresh ids in every transaction, in a scratch schema, with as many clients as PROCESSOR_SUBSCRIPTIONS; the script is above. ` + "`-create-script FILE`" + ` replaces it.
 - **SQS ceilings.** The bare aws-sdk-go-v2 client, one FIFO group per message as one create has, against the same endpoint the services use.
-- **Drain.** omsload queues the creates through ingest while no processor runs; the clock starts when the processor process starts and stops when PostgreSQL counts every order (polled every 50 ms). CPU is counted until the outbox is empty too, since relaying the notification is part of an order's work.
+- **Drain.** omsload queues the creates through ingest while no processor runs; the clock starts when the processor process starts and stops at the newest order's create_time, which the processor sets just before the one statement that writes the order. The bench looks at the command queue's depth every 250 ms and counts the orders only once it is empty, so the probe costs PostgreSQL next to nothing and the figure does not depend on the poll interval. CPU is counted until the outbox is empty too, since relaying the notification is part of an order's work.
 - **End to end.** omsload as a separate process, as the storefront service. Saturation is the closed loop (` + "`-c`" + ` workers, at most 20×c orders pending); the fixed rate is half of the visible/s reached there, sent open loop (` + "`-rate`" + `): POST→visible is counted from each create's scheduled send time. omsload notices visibility by listing, once per interval, the orders created since the last look (ListOrders, oldest first, ids only), not by a GET per pending order, so that its own reads cost little however long the queue; POST→visible's resolution is that interval.
 - **Reads.** Go clients in the bench over one gRPC connection or a pool of HTTP connections, on up to 10,000 of the run's orders picked at random, for a fixed time; the ceiling is pgbench running the same SELECTs with prepared statements on the same rows.
 - **CPU** is utime + stime from /proc/<pid>/stat, sampled every 200 ms, differenced over the phase. **Peak RSS** is VmHWM from /proc/<pid>/status.
@@ -353,6 +373,14 @@ func num(f float64) string {
 		return "-" + string(out)
 	}
 	return string(out)
+}
+
+// whole is a count, with thousands separators.
+func whole(n int64) string {
+	if n > -100 && n < 100 {
+		return strconv.FormatInt(n, 10)
+	}
+	return num(float64(n))
 }
 
 func dec(f float64) string {

@@ -61,7 +61,9 @@ type stack struct {
 	monPID int
 
 	stopIssuer func() error
+	issuer     *devissuer.Issuer
 	token      string // the storefront service's bearer token
+	staffToken string // the staff console's: every order
 
 	env    []string // every service's environment
 	vars   map[string]string
@@ -140,14 +142,17 @@ func startStack(ctx context.Context, cfg config, say func(string, ...any)) (s *s
 	if err != nil {
 		return s, err
 	}
-	s.stopIssuer = stop
+	s.stopIssuer, s.issuer = stop, iss
 	toks, err := iss.MintStandard(audience)
 	if err != nil {
 		return s, err
 	}
 	for _, t := range toks {
-		if t.Env == devissuer.EnvService {
+		switch t.Env {
+		case devissuer.EnvService:
 			s.token = t.Token
+		case devissuer.EnvStaff:
+			s.staffToken = t.Token
 		}
 	}
 

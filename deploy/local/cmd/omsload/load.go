@@ -32,6 +32,8 @@ type loader struct {
 	// measure the emulator rather than OMS. Closed loop only: an open loop
 	// sends on schedule whatever is pending.
 	pending chan struct{}
+	// floor, when set, is the lister's: see lister.floor.
+	floor func() time.Time
 }
 
 // acceptedOrder is a create that ingest answered 202 for.
@@ -40,6 +42,11 @@ type acceptedOrder struct {
 	// from is when its POST was sent, or in an open loop when it was
 	// scheduled to be: visibility is measured from here.
 	from time.Time
+	// sent and answered are when its POST went out and was answered.
+	sent, answered time.Time
+	// floor is the lister's floor when it was sent: its create time is
+	// later.
+	floor time.Time
 }
 
 // maxOpenInFlight bounds an open loop's POSTs in flight, so that a stalled
@@ -48,7 +55,9 @@ type acceptedOrder struct {
 const maxOpenInFlight = 4096
 
 func newLoader(cfg config, client *http.Client) *loader {
-	return &loader{cfg: cfg, client: client, st: newStats(cfg.N), pending: make(chan struct{}, cfg.MaxPending)}
+	st := newStats(cfg.N)
+	st.tracing = cfg.TraceFile != ""
+	return &loader{cfg: cfg, client: client, st: st, pending: make(chan struct{}, cfg.MaxPending)}
 }
 
 // closedLoop says whether workers wait for pending slots.
@@ -67,7 +76,8 @@ func (l *loader) run(ctx context.Context) time.Duration {
 	gets := newWatcher(ctx, l, "", l.cfg.Pollers)
 	var visible visibility = gets
 	if l.cfg.Watch == "list" {
-		visible = newLister(ctx, l, gets)
+		ls := newLister(ctx, l, gets)
+		visible, l.floor = ls, ls.floor
 	}
 	paid := newWatcher(ctx, l, "PAID", l.cfg.Pollers)
 	accepted := func(o acceptedOrder) {
@@ -79,8 +89,10 @@ func (l *loader) run(ctx context.Context) time.Duration {
 				l.release()
 				return
 			}
-			l.st.add(&l.st.toVisible, time.Since(o.from))
+			now := time.Now()
+			l.st.add(&l.st.toVisible, now.Sub(o.from))
 			l.st.visible.Add(1)
+			l.st.trace(o, now)
 			if l.cfg.Lifecycle {
 				toPay <- o // passing on its pending slot
 				return
@@ -189,18 +201,23 @@ func (l *loader) release() {
 // accepted one to accepted.
 func (l *loader) createOne(ctx context.Context, from, sent time.Time, accepted func(acceptedOrder)) {
 	l.st.posted.Add(1)
+	var floor time.Time
+	if l.floor != nil {
+		floor = l.floor()
+	}
 	id, err := l.create(ctx)
 	if err != nil {
 		l.st.fail("create", err)
 		l.release()
 		return
 	}
-	l.st.add(&l.st.post, time.Since(sent))
+	answered := time.Now()
+	l.st.add(&l.st.post, answered.Sub(sent))
 	l.st.accepted.Add(1)
 	if !l.cfg.Visible {
 		return
 	}
-	accepted(acceptedOrder{id: id, from: from})
+	accepted(acceptedOrder{id: id, from: from, sent: sent, answered: answered, floor: floor})
 }
 
 // pay pays a visible order and has paid watch for PAID; the order's

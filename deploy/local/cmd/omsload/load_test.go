@@ -21,10 +21,33 @@ type fakeOMS struct {
 	lag time.Duration
 	// noList makes ListOrders fail, as an older query service would.
 	noList bool
+	// commitLag: every third create commits this long after its create
+	// time, after creates applied later have committed.
+	commitLag time.Duration
 
 	mu      sync.Mutex
 	created map[string]time.Time
 	paid    map[string]time.Time
+	listed  map[string]int // times each order was in a page of ListOrders oldest first
+	late    map[string]bool
+	creates int
+	gets    int // GetOrder calls
+}
+
+// createTime is when the create of id was applied; visible, when it
+// committed.
+func (f *fakeOMS) createTime(id string) time.Time { return f.created[id].Add(f.lag) }
+
+func (f *fakeOMS) visible(id string) bool {
+	v := f.createTime(id)
+	if f.late[id] {
+		v = v.Add(f.commitLag)
+	}
+	return !v.After(time.Now())
+}
+
+func newFakeOMS(lag time.Duration) *fakeOMS {
+	return &fakeOMS{lag: lag, created: map[string]time.Time{}, paid: map[string]time.Time{}, listed: map[string]int{}, late: map[string]bool{}}
 }
 
 func (f *fakeOMS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -34,6 +57,9 @@ func (f *fakeOMS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodPost && r.URL.Path == "/v1/orders":
 		id := uuid.NewString()
 		f.created[id] = time.Now()
+		if f.creates++; f.commitLag > 0 && f.creates%3 == 0 {
+			f.late[id] = true
+		}
 		w.WriteHeader(http.StatusAccepted)
 		w.Write([]byte(`{"name":"orders/` + id + `"}`))
 	case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, ":pay"):
@@ -44,9 +70,9 @@ func (f *fakeOMS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodGet && r.URL.Path == "/v1/orders":
 		f.list(w, r)
 	case r.Method == http.MethodGet:
+		f.gets++
 		id := strings.TrimPrefix(r.URL.Path, "/v1/orders/")
-		at, ok := f.created[id]
-		if !ok || time.Since(at) < f.lag {
+		if _, ok := f.created[id]; !ok || !f.visible(id) {
 			http.Error(w, `{"code":5}`, http.StatusNotFound)
 			return
 		}
@@ -60,31 +86,37 @@ func (f *fakeOMS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// list answers ListOrders as omsload asks it: create_time >= a time,
-// oldest first, ids and create times; an order's create time is when it
-// became visible.
+// list answers ListOrders as omsload asks it: optionally create_time >= a
+// time, oldest or newest first, ids and create times; an order's create
+// time is when it became visible.
 func (f *fakeOMS) list(w http.ResponseWriter, r *http.Request) {
-	filter := r.URL.Query().Get("filter")
-	if f.noList || !strings.HasPrefix(filter, "create_time >= ") || r.URL.Query().Get("order_by") != "create_time asc" {
+	filter, order := r.URL.Query().Get("filter"), r.URL.Query().Get("order_by")
+	if f.noList || filter != "" && !strings.HasPrefix(filter, "create_time >= ") || order != "create_time asc" && order != "create_time desc" {
 		http.Error(w, `{"code":3}`, http.StatusBadRequest)
 		return
 	}
-	since, err := time.Parse(time.RFC3339Nano, strings.Trim(strings.TrimPrefix(filter, "create_time >= "), `"`))
-	if err != nil {
-		http.Error(w, `{"code":3}`, http.StatusBadRequest)
-		return
+	var since time.Time
+	if filter != "" {
+		var err error
+		if since, err = time.Parse(time.RFC3339Nano, strings.Trim(strings.TrimPrefix(filter, "create_time >= "), `"`)); err != nil {
+			http.Error(w, `{"code":3}`, http.StatusBadRequest)
+			return
+		}
 	}
 	type row struct {
 		ID         string    `json:"id"`
 		CreateTime time.Time `json:"createTime"`
 	}
 	var rows []row
-	for id, at := range f.created {
-		if v := at.Add(f.lag); !v.After(time.Now()) && !v.Before(since) {
-			rows = append(rows, row{id, v})
+	for id := range f.created {
+		if ct := f.createTime(id); f.visible(id) && !ct.Before(since) {
+			rows = append(rows, row{id, ct})
 		}
 	}
 	slices.SortFunc(rows, func(a, b row) int { return a.CreateTime.Compare(b.CreateTime) })
+	if order == "create_time desc" {
+		slices.Reverse(rows)
+	}
 	from, _ := strconv.Atoi(r.URL.Query().Get("page_token"))
 	size, _ := strconv.Atoi(r.URL.Query().Get("page_size"))
 	size = min(size, 7) // small pages, to exercise paging
@@ -94,6 +126,11 @@ func (f *fakeOMS) list(w http.ResponseWriter, r *http.Request) {
 	}{Orders: rows[min(from, len(rows)):min(from+size, len(rows))]}
 	if from+size < len(rows) {
 		page.NextPageToken = strconv.Itoa(from + size)
+	}
+	if order == "create_time asc" {
+		for _, o := range page.Orders {
+			f.listed[o.ID]++
+		}
 	}
 	json.NewEncoder(w).Encode(page)
 }
@@ -120,7 +157,9 @@ func TestLoad(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			srv := httptest.NewServer(&fakeOMS{lag: lag, noList: tt.noList, created: map[string]time.Time{}, paid: map[string]time.Time{}})
+			f := newFakeOMS(lag)
+			f.noList = tt.noList
+			srv := httptest.NewServer(f)
 			defer srv.Close()
 			cfg, err := parseFlags(append(tt.flags, "-ingest", srv.URL, "-query", srv.URL, "-poll", "5ms", "-ceiling=false", "-timeout", "20s"))
 			if err != nil {
@@ -151,6 +190,90 @@ func TestLoad(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The lister looks only for the run's orders: it must not page through
+// those of earlier runs before it finds them. (It once started a minute
+// back, and after make bench's drain paged through 25,000 orders while the
+// run's first orders waited, a 1.5 s tail that was the lister's.)
+func TestListerSkipsEarlierOrders(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		earlier int
+	}{
+		{"no earlier orders", 0},
+		{"earlier orders", 300},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFakeOMS(5 * time.Millisecond)
+			earlier := map[string]bool{}
+			for i := range tt.earlier {
+				id := uuid.NewString()
+				// A second apart, the newest a second ago: further apart
+				// than processors' clocks may be (clockSlack).
+				f.created[id] = time.Now().Add(-time.Duration(tt.earlier-i) * time.Second)
+				earlier[id] = true
+			}
+			srv := httptest.NewServer(f)
+			defer srv.Close()
+			cfg, err := parseFlags([]string{"-n", "40", "-rate", "400", "-ingest", srv.URL, "-query", srv.URL, "-poll", "5ms", "-ceiling=false", "-timeout", "20s"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := newLoader(cfg, newClient(cfg))
+			start := time.Now()
+			post := l.run(context.Background())
+			if r := l.st.report(cfg, time.Since(start), post); !r.complete(cfg) || r.Errors != 0 {
+				t.Fatalf("incomplete run: %+v", r)
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			var old, ours int
+			for id := range f.listed {
+				if earlier[id] {
+					old++
+				} else {
+					ours++
+				}
+			}
+			// Only the newest earlier order, where listing starts
+			// (create_time >= it).
+			if old > 1 {
+				t.Errorf("listings returned %d earlier orders, want at most the newest", old)
+			}
+			if ours != cfg.N {
+				t.Errorf("listings found %d of the run's %d orders", ours, cfg.N)
+			}
+		})
+	}
+}
+
+// Creates that commit after others applied later than them are still
+// found by listing, not left to the GETs after handOverAfter.
+func TestListerFindsLateCommits(t *testing.T) {
+	t.Parallel()
+	f := newFakeOMS(5 * time.Millisecond)
+	f.commitLag = 150 * time.Millisecond
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	cfg, err := parseFlags([]string{"-n", "60", "-rate", "300", "-ingest", srv.URL, "-query", srv.URL, "-poll", "5ms", "-ceiling=false", "-timeout", "20s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLoader(cfg, newClient(cfg))
+	start := time.Now()
+	post := l.run(context.Background())
+	if r := l.st.report(cfg, time.Since(start), post); !r.complete(cfg) || r.Errors != 0 {
+		t.Fatalf("incomplete run: %+v", r)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.late) == 0 || f.gets != 0 || len(f.listed) != cfg.N {
+		t.Errorf("%d of %d orders committed late; listings found %d of them all, and %d GETs were needed", len(f.late), cfg.N, len(f.listed), f.gets)
 	}
 }
 

@@ -40,6 +40,8 @@ type config struct {
 	Lifecycle bool
 	JSON      bool
 	JSONFile  string
+	// TraceFile gets each visible create's times, as CSV.
+	TraceFile string
 	// Ceiling: measure pgbench on DatabaseURL first, with PGClients.
 	Ceiling     bool
 	DatabaseURL string
@@ -68,6 +70,7 @@ func parseFlags(args []string) (config, error) {
 	fs.BoolVar(&c.Lifecycle, "lifecycle", false, "after the create is visible, pay the order and wait for PAID")
 	fs.BoolVar(&c.JSON, "json", false, "also print the final report as JSON")
 	fs.StringVar(&c.JSONFile, "json-file", "", "also write the final report as JSON to this file")
+	fs.StringVar(&c.TraceFile, "trace", "", "write each visible create's times to this CSV file (id, then Unix µs: scheduled or sent, POST sent, POST answered, noticed visible), to join with the order's create_time")
 	fs.BoolVar(&c.Ceiling, "ceiling", true, "first measure the raw database ceiling with pgbench, to report throughput against")
 	fs.StringVar(&c.DatabaseURL, "database-url", envOr("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable"), "the stack's database, for the ceiling")
 	fs.IntVar(&c.PGClients, "pg-clients", 1, "pgbench clients: match the processor's PROCESSOR_SUBSCRIPTIONS")
@@ -159,6 +162,11 @@ func run(ctx context.Context, cfg config) error {
 	}
 	if cfg.JSONFile != "" {
 		if err := r.writeJSON(cfg.JSONFile); err != nil {
+			return err
+		}
+	}
+	if cfg.TraceFile != "" {
+		if err := l.st.writeTrace(cfg.TraceFile); err != nil {
 			return err
 		}
 	}

@@ -29,6 +29,39 @@ type stats struct {
 	lag                              []time.Duration // open loop: actual send minus scheduled
 	errs                             map[string]int
 	bodies                           []string // distinct, at most maxErrorBodies
+	// traces are each visible create's times, kept with -trace.
+	traces  []orderTrace
+	tracing bool
+}
+
+// orderTrace is one create's times as omsload saw them, for joining with
+// the services' own (the order's create_time, the queue's timestamps).
+type orderTrace struct {
+	id                          string
+	from, sent, answered, found time.Time
+}
+
+func (s *stats) trace(o acceptedOrder, found time.Time) {
+	if !s.tracing {
+		return
+	}
+	s.mu.Lock()
+	s.traces = append(s.traces, orderTrace{o.id, o.from, o.sent, o.answered, found})
+	s.mu.Unlock()
+}
+
+// writeTrace writes one CSV line per visible create: its id and its times
+// in Unix microseconds (scheduled or sent, POST sent, POST answered,
+// noticed visible).
+func (s *stats) writeTrace(path string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b bytes.Buffer
+	b.WriteString("id,from_us,sent_us,answered_us,visible_us\n")
+	for _, t := range s.traces {
+		fmt.Fprintf(&b, "%s,%d,%d,%d,%d\n", t.id, t.from.UnixMicro(), t.sent.UnixMicro(), t.answered.UnixMicro(), t.found.UnixMicro())
+	}
+	return os.WriteFile(path, b.Bytes(), 0o644)
 }
 
 func newStats(n int) *stats {

@@ -1,0 +1,2 @@
+DROP INDEX orders_created_by_state_time_idx;
+DROP INDEX orders_created_by_customer_time_idx;
