@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
+	"net/url"
 	"strings"
 	"testing"
 
 	"github.com/omsdev/oms/pkg/config"
+	"github.com/omsdev/oms/pkg/dbtest"
+	"github.com/omsdev/oms/pkg/orderstore"
 )
 
 // secure is the least configuration query starts with.
@@ -41,5 +45,29 @@ func TestLoadConfig(t *testing.T) {
 		"HTTP_ADDR": "0.0.0.0:8081", "GRPC_ADDR": "0.0.0.0:9091", "ALLOW_PLAINTEXT": "true",
 	})); err != nil {
 		t.Errorf("ALLOW_PLAINTEXT: %v", err)
+	}
+}
+
+// Query's pool plans its prepared statements once (genericPlans), unless
+// the operator's DATABASE_URL says otherwise.
+func TestQueryPoolUsesGenericPlans(t *testing.T) {
+	auto, err := url.Parse(dbtest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := auto.Query()
+	q.Set("plan_cache_mode", "auto")
+	auto.RawQuery = q.Encode()
+	for _, tc := range []struct{ dsn, want string }{
+		{dbtest.URL(), "force_generic_plan"},
+		{auto.String(), "auto"},
+	} {
+		db := orderstore.OpenPool(genericPlans(tc.dsn), 1)
+		var got string
+		err := db.QueryRowContext(context.Background(), "SHOW plan_cache_mode").Scan(&got)
+		db.Close()
+		if err != nil || got != tc.want {
+			t.Errorf("%s: plan_cache_mode %q, %v; want %q", tc.dsn, got, err, tc.want)
+		}
 	}
 }
