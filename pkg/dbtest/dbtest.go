@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"net/url"
 	"os"
 	"testing"
 	"time"
@@ -67,4 +68,41 @@ func NewUnmigrated(t testing.TB) (*bun.DB, string) {
 		admin.Close()
 	})
 	return db, schema
+}
+
+// NewDatabase is New in a database of its own rather than a schema: for a
+// test whose result depends on which dead rows every session can no longer
+// see, which PostgreSQL decides per database, so that other tests' open
+// transactions cannot hold them back.
+func NewDatabase(t testing.TB) *bun.DB {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b := make([]byte, 6)
+	rand.Read(b)
+	name := "test_" + hex.EncodeToString(b)
+	admin := orderstore.Open(URL())
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+		admin.Close()
+		t.Fatalf("dbtest: PostgreSQL at %s is required: %v", URL(), err)
+	}
+	u, err := url.Parse(URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	db := orderstore.Open(u.String())
+	t.Cleanup(func() {
+		db.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := admin.ExecContext(ctx, "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
+			t.Logf("dbtest: drop database %s: %v", name, err)
+		}
+		admin.Close()
+	})
+	if _, err := orderstore.Migrate(ctx, db); err != nil {
+		t.Fatalf("dbtest: migrate: %v", err)
+	}
+	return db
 }

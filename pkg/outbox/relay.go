@@ -301,26 +301,12 @@ type result struct {
 // claimQuery leases up to $1 rows for $2 milliseconds to relay $3: each the
 // oldest unparked row of its group, with no row of the group leased, not
 // in backoff. SKIP LOCKED lets concurrent claims pass each other; a row
-// another claim has just leased fails the lease test when re-checked.
-const claimQuery = `
-WITH claimable AS (
-    SELECT o."offset" FROM watermill_outbox o
-    WHERE o.parked_at IS NULL
-      AND (o.leased_until IS NULL OR o.leased_until < now())
-      AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
-      AND (o.group_id IS NULL OR NOT EXISTS (
-            SELECT 1 FROM watermill_outbox p
-            WHERE p.group_id = o.group_id AND p.parked_at IS NULL AND p."offset" <> o."offset"
-              AND (p."offset" < o."offset" OR p.leased_until >= now())))
-    ORDER BY o."offset"
-    LIMIT $1
-    FOR UPDATE OF o SKIP LOCKED
-)
-UPDATE watermill_outbox o
-SET attempts = o.attempts + 1, leased_until = now() + $2 * interval '1 millisecond', leased_by = $3
-FROM claimable c
-WHERE o."offset" = c."offset"
-RETURNING o."offset", o.uuid, o.destination, o.group_id, o.body, o.metadata, o.attempts`
+// another claim has just leased fails the lease test when re-checked. The
+// statement is a function (migration 20261126000008) only so that it can
+// carry planner settings: walked in offset order by a plain index scan, a
+// claim marks the relayed rows it passes dead in the index, so the next
+// skips them instead of revisiting every row relayed since the last VACUUM.
+const claimQuery = `SELECT * FROM watermill_outbox_claim($1, $2, $3)`
 
 // round claims, sends and records one batch. It reports how many rows it
 // claimed and whether it parked any.
