@@ -80,7 +80,7 @@ func TestMigrationsUpDownUp(t *testing.T) {
 		}
 		return int(n)
 	}
-	const migrations = 8
+	const migrations = 10
 	if n, err := orderstore.Migrate(ctx, db); err != nil || n != migrations {
 		t.Fatalf("up: %d migrations, %v", n, err)
 	}

@@ -346,8 +346,15 @@ type CommandAcceptance struct {
 	// True when the client sent no request id and ingest generated one; such a
 	// request cannot be retried safely.
 	RequestIdGenerated bool `protobuf:"varint,4,opt,name=request_id_generated,json=requestIdGenerated,proto3" json:"request_id_generated,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The command's outcome, "operations/{operation_id}": a
+	// google.longrunning.Operation served by the query service (GET
+	// /v1/operations/{operation_id}, or :wait for it). Pending while the
+	// command is queued or retrying; done with the order, or with the reason
+	// it was not applied. A retry of the same request names the same
+	// operation. Only the caller that sent the command (or staff) can read it.
+	Operation     string `protobuf:"bytes,5,opt,name=operation,proto3" json:"operation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CommandAcceptance) Reset() {
@@ -408,6 +415,13 @@ func (x *CommandAcceptance) GetRequestIdGenerated() bool {
 	return false
 }
 
+func (x *CommandAcceptance) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
 var File_oms_v1_command_service_proto protoreflect.FileDescriptor
 
 const file_oms_v1_command_service_proto_rawDesc = "" +
@@ -442,14 +456,15 @@ const file_oms_v1_command_service_proto_rawDesc = "" +
 	"\x1aoms.omsdev.github.io/OrderR\x04name\x12\"\n" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tB\x03\xe0A\x01R\trequestId\x12\x1b\n" +
-	"\x06reason\x18\x03 \x01(\tB\x03\xe0A\x01R\x06reason\"\xb5\x01\n" +
+	"\x06reason\x18\x03 \x01(\tB\x03\xe0A\x01R\x06reason\"\xd3\x01\n" +
 	"\x11CommandAcceptance\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x02 \x01(\tR\tcommandId\x12;\n" +
 	"\vaccept_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"acceptTime\x120\n" +
-	"\x14request_id_generated\x18\x04 \x01(\bR\x12requestIdGenerated2\xc4\x04\n" +
+	"\x14request_id_generated\x18\x04 \x01(\bR\x12requestIdGenerated\x12\x1c\n" +
+	"\toperation\x18\x05 \x01(\tR\toperation2\xc4\x04\n" +
 	"\x13OrderCommandService\x12p\n" +
 	"\vCreateOrder\x12\x1a.oms.v1.CreateOrderRequest\x1a\x19.oms.v1.CommandAcceptance\"*\xdaA\x0eorder,order_id\x82\xd3\xe4\x93\x02\x13:\x05order\"\n" +
 	"/v1/orders\x12b\n" +

@@ -27,7 +27,13 @@ type GetOrderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Fields to return; all fields when empty. Over HTTP: ?read_mask=id,state.
-	ReadMask      *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=read_mask,json=readMask,proto3" json:"read_mask,omitempty"`
+	ReadMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=read_mask,json=readMask,proto3" json:"read_mask,omitempty"`
+	// Read your own write: wait, up to the call's deadline (at most 10 s),
+	// until the order has reached this version, then return it. A command's
+	// done operation gives the version it produced. DEADLINE_EXCEEDED if it
+	// does not get there in time; NOT_FOUND only once the deadline passes
+	// with no such order.
+	MinVersion    int64 `protobuf:"varint,3,opt,name=min_version,json=minVersion,proto3" json:"min_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -76,6 +82,122 @@ func (x *GetOrderRequest) GetReadMask() *fieldmaskpb.FieldMask {
 	return nil
 }
 
+func (x *GetOrderRequest) GetMinVersion() int64 {
+	if x != nil {
+		return x.MinVersion
+	}
+	return 0
+}
+
+type WatchOrderRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Send only states newer than this version; 0 sends the current state
+	// first. Resuming after a disconnect: the last version received.
+	SinceVersion int64 `protobuf:"varint,2,opt,name=since_version,json=sinceVersion,proto3" json:"since_version,omitempty"`
+	// Fields of each order to send; all fields when empty (version is
+	// always sent).
+	ReadMask      *fieldmaskpb.FieldMask `protobuf:"bytes,3,opt,name=read_mask,json=readMask,proto3" json:"read_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchOrderRequest) Reset() {
+	*x = WatchOrderRequest{}
+	mi := &file_oms_v1_query_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchOrderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchOrderRequest) ProtoMessage() {}
+
+func (x *WatchOrderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_oms_v1_query_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchOrderRequest.ProtoReflect.Descriptor instead.
+func (*WatchOrderRequest) Descriptor() ([]byte, []int) {
+	return file_oms_v1_query_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WatchOrderRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WatchOrderRequest) GetSinceVersion() int64 {
+	if x != nil {
+		return x.SinceVersion
+	}
+	return 0
+}
+
+func (x *WatchOrderRequest) GetReadMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.ReadMask
+	}
+	return nil
+}
+
+type WatchOrderResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The order as of one committed change.
+	Order         *Order `protobuf:"bytes,1,opt,name=order,proto3" json:"order,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchOrderResponse) Reset() {
+	*x = WatchOrderResponse{}
+	mi := &file_oms_v1_query_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchOrderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchOrderResponse) ProtoMessage() {}
+
+func (x *WatchOrderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_oms_v1_query_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchOrderResponse.ProtoReflect.Descriptor instead.
+func (*WatchOrderResponse) Descriptor() ([]byte, []int) {
+	return file_oms_v1_query_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *WatchOrderResponse) GetOrder() *Order {
+	if x != nil {
+		return x.Order
+	}
+	return nil
+}
+
 type ListOrdersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Default 50, at most 500 (larger values are coerced to 500).
@@ -96,7 +218,7 @@ type ListOrdersRequest struct {
 
 func (x *ListOrdersRequest) Reset() {
 	*x = ListOrdersRequest{}
-	mi := &file_oms_v1_query_service_proto_msgTypes[1]
+	mi := &file_oms_v1_query_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -108,7 +230,7 @@ func (x *ListOrdersRequest) String() string {
 func (*ListOrdersRequest) ProtoMessage() {}
 
 func (x *ListOrdersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_oms_v1_query_service_proto_msgTypes[1]
+	mi := &file_oms_v1_query_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -121,7 +243,7 @@ func (x *ListOrdersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOrdersRequest.ProtoReflect.Descriptor instead.
 func (*ListOrdersRequest) Descriptor() ([]byte, []int) {
-	return file_oms_v1_query_service_proto_rawDescGZIP(), []int{1}
+	return file_oms_v1_query_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListOrdersRequest) GetPageSize() int32 {
@@ -170,7 +292,7 @@ type ListOrdersResponse struct {
 
 func (x *ListOrdersResponse) Reset() {
 	*x = ListOrdersResponse{}
-	mi := &file_oms_v1_query_service_proto_msgTypes[2]
+	mi := &file_oms_v1_query_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -182,7 +304,7 @@ func (x *ListOrdersResponse) String() string {
 func (*ListOrdersResponse) ProtoMessage() {}
 
 func (x *ListOrdersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_oms_v1_query_service_proto_msgTypes[2]
+	mi := &file_oms_v1_query_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -195,7 +317,7 @@ func (x *ListOrdersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOrdersResponse.ProtoReflect.Descriptor instead.
 func (*ListOrdersResponse) Descriptor() ([]byte, []int) {
-	return file_oms_v1_query_service_proto_rawDescGZIP(), []int{2}
+	return file_oms_v1_query_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListOrdersResponse) GetOrders() []*Order {
@@ -223,7 +345,7 @@ type ListOrderEventsRequest struct {
 
 func (x *ListOrderEventsRequest) Reset() {
 	*x = ListOrderEventsRequest{}
-	mi := &file_oms_v1_query_service_proto_msgTypes[3]
+	mi := &file_oms_v1_query_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -235,7 +357,7 @@ func (x *ListOrderEventsRequest) String() string {
 func (*ListOrderEventsRequest) ProtoMessage() {}
 
 func (x *ListOrderEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_oms_v1_query_service_proto_msgTypes[3]
+	mi := &file_oms_v1_query_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -248,7 +370,7 @@ func (x *ListOrderEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOrderEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListOrderEventsRequest) Descriptor() ([]byte, []int) {
-	return file_oms_v1_query_service_proto_rawDescGZIP(), []int{3}
+	return file_oms_v1_query_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListOrderEventsRequest) GetParent() string {
@@ -282,7 +404,7 @@ type ListOrderEventsResponse struct {
 
 func (x *ListOrderEventsResponse) Reset() {
 	*x = ListOrderEventsResponse{}
-	mi := &file_oms_v1_query_service_proto_msgTypes[4]
+	mi := &file_oms_v1_query_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -294,7 +416,7 @@ func (x *ListOrderEventsResponse) String() string {
 func (*ListOrderEventsResponse) ProtoMessage() {}
 
 func (x *ListOrderEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_oms_v1_query_service_proto_msgTypes[4]
+	mi := &file_oms_v1_query_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -307,7 +429,7 @@ func (x *ListOrderEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOrderEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListOrderEventsResponse) Descriptor() ([]byte, []int) {
-	return file_oms_v1_query_service_proto_rawDescGZIP(), []int{4}
+	return file_oms_v1_query_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListOrderEventsResponse) GetEvents() []*OrderEvent {
@@ -328,11 +450,20 @@ var File_oms_v1_query_service_proto protoreflect.FileDescriptor
 
 const file_oms_v1_query_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1aoms/v1/query_service.proto\x12\x06oms.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a google/protobuf/field_mask.proto\x1a\x12oms/v1/order.proto\"\x87\x01\n" +
+	"\x1aoms/v1/query_service.proto\x12\x06oms.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a google/protobuf/field_mask.proto\x1a\x12oms/v1/order.proto\"\xad\x01\n" +
 	"\x0fGetOrderRequest\x126\n" +
 	"\x04name\x18\x01 \x01(\tB\"\xe0A\x02\xfaA\x1c\n" +
 	"\x1aoms.omsdev.github.io/OrderR\x04name\x12<\n" +
-	"\tread_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskB\x03\xe0A\x01R\breadMask\"\xd4\x01\n" +
+	"\tread_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskB\x03\xe0A\x01R\breadMask\x12$\n" +
+	"\vmin_version\x18\x03 \x01(\x03B\x03\xe0A\x01R\n" +
+	"minVersion\"\xb3\x01\n" +
+	"\x11WatchOrderRequest\x126\n" +
+	"\x04name\x18\x01 \x01(\tB\"\xe0A\x02\xfaA\x1c\n" +
+	"\x1aoms.omsdev.github.io/OrderR\x04name\x12(\n" +
+	"\rsince_version\x18\x02 \x01(\x03B\x03\xe0A\x01R\fsinceVersion\x12<\n" +
+	"\tread_mask\x18\x03 \x01(\v2\x1a.google.protobuf.FieldMaskB\x03\xe0A\x01R\breadMask\"9\n" +
+	"\x12WatchOrderResponse\x12#\n" +
+	"\x05order\x18\x01 \x01(\v2\r.oms.v1.OrderR\x05order\"\xd4\x01\n" +
 	"\x11ListOrdersRequest\x12 \n" +
 	"\tpage_size\x18\x01 \x01(\x05B\x03\xe0A\x01R\bpageSize\x12\"\n" +
 	"\n" +
@@ -351,12 +482,14 @@ const file_oms_v1_query_service_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tB\x03\xe0A\x01R\tpageToken\"m\n" +
 	"\x17ListOrderEventsResponse\x12*\n" +
 	"\x06events\x18\x01 \x03(\v2\x12.oms.v1.OrderEventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xdc\x02\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xcd\x03\n" +
 	"\x11OrderQueryService\x12V\n" +
 	"\bGetOrder\x12\x17.oms.v1.GetOrderRequest\x1a\r.oms.v1.Order\"\"\xdaA\x04name\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/{name=orders/*}\x12W\n" +
 	"\n" +
 	"ListOrders\x12\x19.oms.v1.ListOrdersRequest\x1a\x1a.oms.v1.ListOrdersResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
-	"/v1/orders\x12\x81\x01\n" +
+	"/v1/orders\x12o\n" +
+	"\n" +
+	"WatchOrder\x12\x19.oms.v1.WatchOrderRequest\x1a\x1a.oms.v1.WatchOrderResponse\"(\xdaA\x04name\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=orders/*}:watch0\x01\x12\x81\x01\n" +
 	"\x0fListOrderEvents\x12\x1e.oms.v1.ListOrderEventsRequest\x1a\x1f.oms.v1.ListOrderEventsResponse\"-\xdaA\x06parent\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/{parent=orders/*}/events\x1a\x12\xcaA\x0fquery.oms.localB*Z(github.com/omsdev/oms/proto/oms/v1;omsv1b\x06proto3"
 
 var (
@@ -371,33 +504,39 @@ func file_oms_v1_query_service_proto_rawDescGZIP() []byte {
 	return file_oms_v1_query_service_proto_rawDescData
 }
 
-var file_oms_v1_query_service_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_oms_v1_query_service_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_oms_v1_query_service_proto_goTypes = []any{
 	(*GetOrderRequest)(nil),         // 0: oms.v1.GetOrderRequest
-	(*ListOrdersRequest)(nil),       // 1: oms.v1.ListOrdersRequest
-	(*ListOrdersResponse)(nil),      // 2: oms.v1.ListOrdersResponse
-	(*ListOrderEventsRequest)(nil),  // 3: oms.v1.ListOrderEventsRequest
-	(*ListOrderEventsResponse)(nil), // 4: oms.v1.ListOrderEventsResponse
-	(*fieldmaskpb.FieldMask)(nil),   // 5: google.protobuf.FieldMask
-	(*Order)(nil),                   // 6: oms.v1.Order
-	(*OrderEvent)(nil),              // 7: oms.v1.OrderEvent
+	(*WatchOrderRequest)(nil),       // 1: oms.v1.WatchOrderRequest
+	(*WatchOrderResponse)(nil),      // 2: oms.v1.WatchOrderResponse
+	(*ListOrdersRequest)(nil),       // 3: oms.v1.ListOrdersRequest
+	(*ListOrdersResponse)(nil),      // 4: oms.v1.ListOrdersResponse
+	(*ListOrderEventsRequest)(nil),  // 5: oms.v1.ListOrderEventsRequest
+	(*ListOrderEventsResponse)(nil), // 6: oms.v1.ListOrderEventsResponse
+	(*fieldmaskpb.FieldMask)(nil),   // 7: google.protobuf.FieldMask
+	(*Order)(nil),                   // 8: oms.v1.Order
+	(*OrderEvent)(nil),              // 9: oms.v1.OrderEvent
 }
 var file_oms_v1_query_service_proto_depIdxs = []int32{
-	5, // 0: oms.v1.GetOrderRequest.read_mask:type_name -> google.protobuf.FieldMask
-	5, // 1: oms.v1.ListOrdersRequest.read_mask:type_name -> google.protobuf.FieldMask
-	6, // 2: oms.v1.ListOrdersResponse.orders:type_name -> oms.v1.Order
-	7, // 3: oms.v1.ListOrderEventsResponse.events:type_name -> oms.v1.OrderEvent
-	0, // 4: oms.v1.OrderQueryService.GetOrder:input_type -> oms.v1.GetOrderRequest
-	1, // 5: oms.v1.OrderQueryService.ListOrders:input_type -> oms.v1.ListOrdersRequest
-	3, // 6: oms.v1.OrderQueryService.ListOrderEvents:input_type -> oms.v1.ListOrderEventsRequest
-	6, // 7: oms.v1.OrderQueryService.GetOrder:output_type -> oms.v1.Order
-	2, // 8: oms.v1.OrderQueryService.ListOrders:output_type -> oms.v1.ListOrdersResponse
-	4, // 9: oms.v1.OrderQueryService.ListOrderEvents:output_type -> oms.v1.ListOrderEventsResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	7,  // 0: oms.v1.GetOrderRequest.read_mask:type_name -> google.protobuf.FieldMask
+	7,  // 1: oms.v1.WatchOrderRequest.read_mask:type_name -> google.protobuf.FieldMask
+	8,  // 2: oms.v1.WatchOrderResponse.order:type_name -> oms.v1.Order
+	7,  // 3: oms.v1.ListOrdersRequest.read_mask:type_name -> google.protobuf.FieldMask
+	8,  // 4: oms.v1.ListOrdersResponse.orders:type_name -> oms.v1.Order
+	9,  // 5: oms.v1.ListOrderEventsResponse.events:type_name -> oms.v1.OrderEvent
+	0,  // 6: oms.v1.OrderQueryService.GetOrder:input_type -> oms.v1.GetOrderRequest
+	3,  // 7: oms.v1.OrderQueryService.ListOrders:input_type -> oms.v1.ListOrdersRequest
+	1,  // 8: oms.v1.OrderQueryService.WatchOrder:input_type -> oms.v1.WatchOrderRequest
+	5,  // 9: oms.v1.OrderQueryService.ListOrderEvents:input_type -> oms.v1.ListOrderEventsRequest
+	8,  // 10: oms.v1.OrderQueryService.GetOrder:output_type -> oms.v1.Order
+	4,  // 11: oms.v1.OrderQueryService.ListOrders:output_type -> oms.v1.ListOrdersResponse
+	2,  // 12: oms.v1.OrderQueryService.WatchOrder:output_type -> oms.v1.WatchOrderResponse
+	6,  // 13: oms.v1.OrderQueryService.ListOrderEvents:output_type -> oms.v1.ListOrderEventsResponse
+	10, // [10:14] is the sub-list for method output_type
+	6,  // [6:10] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_oms_v1_query_service_proto_init() }
@@ -412,7 +551,7 @@ func file_oms_v1_query_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_oms_v1_query_service_proto_rawDesc), len(file_oms_v1_query_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

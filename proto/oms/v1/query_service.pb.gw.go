@@ -123,6 +123,43 @@ func local_request_OrderQueryService_ListOrders_0(ctx context.Context, marshaler
 	return msg, metadata, err
 }
 
+var filter_OrderQueryService_WatchOrder_0 = &utilities.DoubleArray{Encoding: map[string]int{"name": 0}, Base: []int{1, 1, 0}, Check: []int{0, 1, 2}}
+
+func request_OrderQueryService_WatchOrder_0(ctx context.Context, marshaler runtime.Marshaler, client OrderQueryServiceClient, req *http.Request, pathParams map[string]string) (OrderQueryService_WatchOrderClient, runtime.ServerMetadata, error) {
+	var (
+		protoReq WatchOrderRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	val, ok := pathParams["name"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "name")
+	}
+	protoReq.Name, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "name", err)
+	}
+	if err := req.ParseForm(); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_OrderQueryService_WatchOrder_0); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	stream, err := client.WatchOrder(ctx, &protoReq)
+	if err != nil {
+		return nil, metadata, err
+	}
+	header, err := stream.Header()
+	if err != nil {
+		return nil, metadata, err
+	}
+	metadata.HeaderMD = header
+	return stream, metadata, nil
+}
+
 var filter_OrderQueryService_ListOrderEvents_0 = &utilities.DoubleArray{Encoding: map[string]int{"parent": 0}, Base: []int{1, 1, 0}, Check: []int{0, 1, 2}}
 
 func request_OrderQueryService_ListOrderEvents_0(ctx context.Context, marshaler runtime.Marshaler, client OrderQueryServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
@@ -222,6 +259,13 @@ func RegisterOrderQueryServiceHandlerServer(ctx context.Context, mux *runtime.Se
 		}
 		forward_OrderQueryService_ListOrders_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+
+	mux.Handle(http.MethodGet, pattern_OrderQueryService_WatchOrder_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		err := status.Error(codes.Unimplemented, "streaming calls are not yet supported in the in-process transport")
+		_, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+		return
+	})
 	mux.Handle(http.MethodGet, pattern_OrderQueryService_ListOrderEvents_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -316,6 +360,23 @@ func RegisterOrderQueryServiceHandlerClient(ctx context.Context, mux *runtime.Se
 		}
 		forward_OrderQueryService_ListOrders_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodGet, pattern_OrderQueryService_WatchOrder_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/oms.v1.OrderQueryService/WatchOrder", runtime.WithHTTPPathPattern("/v1/{name=orders/*}:watch"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_OrderQueryService_WatchOrder_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_OrderQueryService_WatchOrder_0(annotatedContext, mux, outboundMarshaler, w, req, func() (proto.Message, error) { return resp.Recv() }, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodGet, pattern_OrderQueryService_ListOrderEvents_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -339,11 +400,13 @@ func RegisterOrderQueryServiceHandlerClient(ctx context.Context, mux *runtime.Se
 var (
 	pattern_OrderQueryService_GetOrder_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2}, []string{"v1", "orders", "name"}, ""))
 	pattern_OrderQueryService_ListOrders_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "orders"}, ""))
+	pattern_OrderQueryService_WatchOrder_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2}, []string{"v1", "orders", "name"}, "watch"))
 	pattern_OrderQueryService_ListOrderEvents_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "orders", "parent", "events"}, ""))
 )
 
 var (
 	forward_OrderQueryService_GetOrder_0        = runtime.ForwardResponseMessage
 	forward_OrderQueryService_ListOrders_0      = runtime.ForwardResponseMessage
+	forward_OrderQueryService_WatchOrder_0      = runtime.ForwardResponseStream
 	forward_OrderQueryService_ListOrderEvents_0 = runtime.ForwardResponseMessage
 )

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	OrderQueryService_GetOrder_FullMethodName        = "/oms.v1.OrderQueryService/GetOrder"
 	OrderQueryService_ListOrders_FullMethodName      = "/oms.v1.OrderQueryService/ListOrders"
+	OrderQueryService_WatchOrder_FullMethodName      = "/oms.v1.OrderQueryService/WatchOrder"
 	OrderQueryService_ListOrderEvents_FullMethodName = "/oms.v1.OrderQueryService/ListOrderEvents"
 )
 
@@ -33,6 +34,12 @@ type OrderQueryServiceClient interface {
 	// Returns the order, or only the fields named in read_mask.
 	GetOrder(ctx context.Context, in *GetOrderRequest, opts ...grpc.CallOption) (*Order, error)
 	ListOrders(ctx context.Context, in *ListOrdersRequest, opts ...grpc.CallOption) (*ListOrdersResponse, error)
+	// The order's current state, then each change as it commits, with its
+	// version. Over HTTP: newline-delimited JSON, one {"result": ...} per
+	// line. A client that reconnects passes the last version it saw as
+	// since_version and misses nothing in between. The stream ends on the
+	// call's deadline or when the server shuts down.
+	WatchOrder(ctx context.Context, in *WatchOrderRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchOrderResponse], error)
 	// The order's history, oldest first, including rejected commands.
 	ListOrderEvents(ctx context.Context, in *ListOrderEventsRequest, opts ...grpc.CallOption) (*ListOrderEventsResponse, error)
 }
@@ -65,6 +72,25 @@ func (c *orderQueryServiceClient) ListOrders(ctx context.Context, in *ListOrders
 	return out, nil
 }
 
+func (c *orderQueryServiceClient) WatchOrder(ctx context.Context, in *WatchOrderRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchOrderResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &OrderQueryService_ServiceDesc.Streams[0], OrderQueryService_WatchOrder_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchOrderRequest, WatchOrderResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type OrderQueryService_WatchOrderClient = grpc.ServerStreamingClient[WatchOrderResponse]
+
 func (c *orderQueryServiceClient) ListOrderEvents(ctx context.Context, in *ListOrderEventsRequest, opts ...grpc.CallOption) (*ListOrderEventsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListOrderEventsResponse)
@@ -84,6 +110,12 @@ type OrderQueryServiceServer interface {
 	// Returns the order, or only the fields named in read_mask.
 	GetOrder(context.Context, *GetOrderRequest) (*Order, error)
 	ListOrders(context.Context, *ListOrdersRequest) (*ListOrdersResponse, error)
+	// The order's current state, then each change as it commits, with its
+	// version. Over HTTP: newline-delimited JSON, one {"result": ...} per
+	// line. A client that reconnects passes the last version it saw as
+	// since_version and misses nothing in between. The stream ends on the
+	// call's deadline or when the server shuts down.
+	WatchOrder(*WatchOrderRequest, grpc.ServerStreamingServer[WatchOrderResponse]) error
 	// The order's history, oldest first, including rejected commands.
 	ListOrderEvents(context.Context, *ListOrderEventsRequest) (*ListOrderEventsResponse, error)
 	mustEmbedUnimplementedOrderQueryServiceServer()
@@ -101,6 +133,9 @@ func (UnimplementedOrderQueryServiceServer) GetOrder(context.Context, *GetOrderR
 }
 func (UnimplementedOrderQueryServiceServer) ListOrders(context.Context, *ListOrdersRequest) (*ListOrdersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListOrders not implemented")
+}
+func (UnimplementedOrderQueryServiceServer) WatchOrder(*WatchOrderRequest, grpc.ServerStreamingServer[WatchOrderResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchOrder not implemented")
 }
 func (UnimplementedOrderQueryServiceServer) ListOrderEvents(context.Context, *ListOrderEventsRequest) (*ListOrderEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListOrderEvents not implemented")
@@ -162,6 +197,17 @@ func _OrderQueryService_ListOrders_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OrderQueryService_WatchOrder_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchOrderRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(OrderQueryServiceServer).WatchOrder(m, &grpc.GenericServerStream[WatchOrderRequest, WatchOrderResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type OrderQueryService_WatchOrderServer = grpc.ServerStreamingServer[WatchOrderResponse]
+
 func _OrderQueryService_ListOrderEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListOrderEventsRequest)
 	if err := dec(in); err != nil {
@@ -200,6 +246,12 @@ var OrderQueryService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _OrderQueryService_ListOrderEvents_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchOrder",
+			Handler:       _OrderQueryService_WatchOrder_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "oms/v1/query_service.proto",
 }

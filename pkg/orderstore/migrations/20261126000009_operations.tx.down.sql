@@ -1,0 +1,2 @@
+DROP TABLE operations;
+DROP FUNCTION oms_operation_done();
