@@ -1,6 +1,6 @@
 # OMS front door. `make run` starts the whole stack; `make test` runs every test.
 SHELL := /bin/bash
-MODULES := proto pkg services/ingest services/processor services/query deploy/local deploy/k8s e2e
+MODULES := proto pkg services/ingest services/processor services/query cmd/omsctl deploy/local deploy/k8s e2e tools/openapi
 PKGS := $(addsuffix /...,$(addprefix ./,$(MODULES)))
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/oms?sslmode=disable
 export DATABASE_URL
@@ -44,10 +44,10 @@ load:
 bench: postgres build-local
 	go run ./deploy/local/cmd/omsbench -bin bin -out docs/performance.md -notes docs/performance-notes.md $(BENCH_FLAGS)
 
-## build-local: the services plus the local tools (emulator, stack runner, load generator)
+## build-local: the services plus the local tools (emulator, stack runner, load generator) and the omsctl client
 build-local:
 	@mkdir -p bin
-	go build -o bin/ ./services/ingest ./services/processor ./services/query ./deploy/local/cmd/sqslocal ./deploy/local/cmd/omsstack ./deploy/local/cmd/omsload
+	go build -o bin/ ./services/ingest ./services/processor ./services/query ./deploy/local/cmd/sqslocal ./deploy/local/cmd/omsstack ./deploy/local/cmd/omsload ./cmd/omsctl
 
 ## test: every test of every module, with the race detector, against the real PostgreSQL
 test: postgres

@@ -62,6 +62,10 @@ var sys *stack
 // orderIDSecret is the stack's ORDER_ID_SECRET.
 var orderIDSecret = randomName("secret-") + randomName("") + randomName("") + randomName("")
 
+// operationSecret is the stack's OPERATION_SECRET, shared by ingest and
+// query, so tests can check the operation names ingest issues.
+var operationSecret = randomName("opsecret-") + randomName("") + randomName("") + randomName("")
+
 func TestMain(m *testing.M) {
 	code, err := runMain(m)
 	if err != nil {
@@ -274,6 +278,7 @@ func (s *stack) env(extra ...string) []string {
 		"AUTH_AUDIENCE=" + audience,
 		"AUTH_JWKS_URL=" + s.issuer.JWKSURL(),
 		"ORDER_ID_SECRET=" + orderIDSecret,
+		"OPERATION_SECRET=" + operationSecret,
 		// The shared services are not rate limited: tests of the limits
 		// start services of their own.
 		"RATE_LIMIT_COMMANDS_PER_SECOND=0",

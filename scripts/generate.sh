@@ -29,5 +29,10 @@ cd "$root/proto"
 
 export PATH="$bin:$PATH"
 buf lint --path oms
-rm -f oms/v1/*.pb.go oms/v1/*.pb.gw.go oms.swagger.json
+rm -f oms/v1/*.pb.go oms/v1/*.pb.gw.go oms.swagger.json openapi/oms.openapi.json
 buf generate
+
+# The OpenAPI 3 document the gateways serve: the swagger above, converted,
+# plus openapi/overlay.yaml (tools/openapi; kin-openapi pinned in its go.mod).
+(cd "$root/tools/openapi" && GOWORK=off go run . -swagger "$root/proto/oms.swagger.json" \
+	-overlay "$root/proto/openapi/overlay.yaml" -out "$root/proto/openapi/oms.openapi.json")

@@ -27,16 +27,17 @@ var services = map[string]struct {
 	// secrets: settings that must come from a Secret.
 	secrets []string
 }{
-	"oms-ingest":    {"ingest", "ghcr.io/omsdev/oms-ingest", "HorizontalPodAutoscaler", true, []string{"ORDER_ID_SECRET"}},
+	"oms-ingest":    {"ingest", "ghcr.io/omsdev/oms-ingest", "HorizontalPodAutoscaler", true, []string{"ORDER_ID_SECRET", "OPERATION_SECRET"}},
 	"oms-processor": {"processor", "ghcr.io/omsdev/oms-processor", "ScaledObject", false, []string{"DATABASE_URL"}},
-	"oms-query":     {"query", "ghcr.io/omsdev/oms-query", "HorizontalPodAutoscaler", true, []string{"DATABASE_URL"}},
+	"oms-query":     {"query", "ghcr.io/omsdev/oms-query", "HorizontalPodAutoscaler", true, []string{"DATABASE_URL", "OPERATION_SECRET"}},
 }
 
 // The Secrets an overlay without Secrets must have created out of band:
 // env name -> Secret name (the key is the env name).
 var outOfBandSecrets = map[string]string{
-	"DATABASE_URL":    "oms-db",
-	"ORDER_ID_SECRET": "oms-order-id-secret",
+	"DATABASE_URL":     "oms-db",
+	"ORDER_ID_SECRET":  "oms-order-id-secret",
+	"OPERATION_SECRET": "oms-operation-secret",
 }
 
 const (

@@ -75,20 +75,26 @@ func kindByte(k order.Kind) byte {
 
 // For names cmd's operation for its principal.
 func For(secret []byte, cmd order.Command) (string, error) {
-	id, err := uuid.Parse(cmd.OrderID)
+	return Format(secret, cmd.Actor.ID, Name{OrderID: cmd.OrderID, Kind: cmd.Kind(), Key: KeyOf(cmd)})
+}
+
+// Format names the operation n for principal: the name For gave the
+// command, rebuilt from a recorded operation (its principal, order, kind
+// and key), so that a list of operations names each as its 202 did.
+func Format(secret []byte, principal string, n Name) (string, error) {
+	id, err := uuid.Parse(n.OrderID)
 	if err != nil {
 		return "", err
 	}
-	if kindByte(cmd.Kind()) == 0 {
+	if kindByte(n.Kind) == 0 {
 		return "", errors.New("operation: unknown command kind")
 	}
 	b := make([]byte, 0, bodyLen+macLen)
 	b = append(b, version)
 	b = append(b, id[:]...)
-	b = append(b, kindByte(cmd.Kind()))
-	k := KeyOf(cmd)
-	b = append(b, k[:]...)
-	b = append(b, mac(secret, cmd.Actor.ID, b)...)
+	b = append(b, kindByte(n.Kind))
+	b = append(b, n.Key[:]...)
+	b = append(b, mac(secret, principal, b)...)
 	return Prefix + base64.RawURLEncoding.EncodeToString(b), nil
 }
 

@@ -64,3 +64,28 @@ func TestAlteredOrMalformedNames(t *testing.T) {
 		}
 	}
 }
+
+func TestFormatRebuildsTheIssuedName(t *testing.T) {
+	cmd := pay("service:shop", "req-1", 100)
+	name, err := operation.For(secret, cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := operation.Parse(secret, "service:shop", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := operation.Format(secret, "service:shop", n)
+	if err != nil || again != name {
+		t.Errorf("Format = %q, %v; want %q", again, err, name)
+	}
+	if other, _ := operation.Format(secret, "service:other", n); other == name {
+		t.Error("another principal's name is the same")
+	}
+	if _, err := operation.Format(secret, "service:shop", operation.Name{OrderID: "x", Kind: order.KindPay}); err == nil {
+		t.Error("an order id that is not a UUID was formatted")
+	}
+	if _, err := operation.Format(secret, "service:shop", operation.Name{OrderID: cmd.OrderID}); err == nil {
+		t.Error("a name without a command kind was formatted")
+	}
+}

@@ -4,8 +4,9 @@
 // round trip), decides with the domain (package order), and hands the
 // repository one Change that it writes atomically (one round trip) or not
 // at all. The policy lives here: idempotency per actor, reused keys,
-// authorization, and how much of a rejection the history records. The
-// repository only persists.
+// authorization, how much of a rejection the history records, and what
+// each command's operation (AIP-151) tells its sender. The repository only
+// persists.
 package orderapp
 
 import (
@@ -15,6 +16,9 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
+	"github.com/omsdev/oms/pkg/operation"
 	"github.com/omsdev/oms/pkg/order"
 )
 
@@ -116,7 +120,44 @@ type Change struct {
 	Actor string
 	// Notification is written to the outbox, relayed after commit.
 	Notification *Notification
+	// Operation is the command's outcome for its sender. It is written
+	// with the rest, over a pending record of it or one that is
+	// Provisional; a Change may carry only this.
+	Operation *Operation
 }
+
+// Operation is a command's record as a long-running operation (AIP-151),
+// under operation.KeyOf the command: the query service serves it to the
+// command's sender by the name ingest answered with.
+type Operation struct {
+	ID                            operation.Key
+	Principal, CommandID, OrderID string
+	Command                       order.Kind
+	// Done with Code OK when the command was applied, else with the code
+	// and Message saying why not. Not done: it failed and is retried.
+	Done    bool
+	Code    codes.Code
+	Message string
+	// ErrorClass is a failed attempt's class of error (transient,
+	// not_found, ...); the record keeps the last one.
+	ErrorClass string
+	// Attempts is how many processing attempts this write adds to the
+	// record's count: one per attempt, none for giving up.
+	Attempts int32
+	// OrderVersion is the order's version after the command, which GetOrder
+	// min_version waits for; 0 when it would tell the sender about an
+	// order it may not see.
+	OrderVersion int64
+	// AcceptTime is when ingest accepted the command.
+	AcceptTime, UpdateTime time.Time
+}
+
+// Provisional are the codes of done operations that a later attempt at the
+// command may still overwrite with its real outcome: the dead-letter
+// path's. A redriven dead letter is applied after all, and its operation
+// must not keep saying otherwise. Every other done operation was written
+// with the command's claim, so the command is never applied again.
+var Provisional = []codes.Code{codes.Aborted, codes.NotFound}
 
 // Notification is a message for the transactional outbox: it exists if
 // and only if the change it reports does.
@@ -139,6 +180,10 @@ type Repository interface {
 	// is not as Expect says (or a create finds one), and with ErrClaimed
 	// when the claim exists already; then nothing is written.
 	Save(ctx context.Context, c Change) error
+	// SaveAttempt records a failed attempt on a command's operation, which
+	// stays pending: it adds op.Attempts and keeps op's ErrorClass and
+	// UpdateTime. A done operation is left as it is.
+	SaveAttempt(ctx context.Context, op Operation) error
 }
 
 // Notifier is the "order processed" notification for a history entry, or
@@ -222,6 +267,9 @@ func (s *Service) apply(ctx context.Context, cmd order.Command, assumeNew bool) 
 	ch := Change{OrderID: cmd.OrderID, Claim: claim, Expect: expect(snap)}
 	if err := order.Authorize(cur, cmd); err != nil {
 		claim.Outcome, claim.Reason = Refused, err.Error()
+		// Answered as a read of the order would be: the operation tells
+		// the sender nothing GetOrder would not.
+		ch.Operation = done(cmd, now, codes.NotFound, notFoundMessage(cmd.OrderID), nil)
 		return Result{Outcome: Refused, Reason: err.Error()}, s.repo.Save(ctx, ch)
 	}
 
@@ -233,9 +281,12 @@ func (s *Service) apply(ctx context.Context, cmd order.Command, assumeNew bool) 
 	if d.Err != nil {
 		res.Outcome, res.Reason = Rejected, d.Err.Error()
 		claim.Outcome, claim.Reason = Rejected, res.Reason
+		ch.Operation = done(cmd, now, codes.FailedPrecondition, res.Reason, res.Order)
 		if !recordable(snap) {
 			return res, s.repo.Save(ctx, ch)
 		}
+	} else {
+		ch.Operation = done(cmd, now, codes.OK, "", res.Order)
 	}
 	switch {
 	case d.Order != nil && cur == nil:
@@ -264,17 +315,25 @@ func recordable(snap Snapshot) bool {
 func (s *Service) duplicate(ctx context.Context, cmd order.Command, snap Snapshot, fp []byte, now time.Time) (Result, error) {
 	prior := snap.Prior
 	res := Result{Outcome: Duplicate, Reason: prior.Reason, Mismatch: !bytes.Equal(prior.Fingerprint, fp)}
-	cur := snap.Order
-	// Only the actor's own orders hear about its reused key.
-	if !res.Mismatch || order.Authorize(cur, cmd) != nil {
+	if !res.Mismatch {
+		// A redelivery: its operation was written with its claim.
 		return res, nil
 	}
 	refusal := &order.PreconditionError{Reason: fmt.Sprintf(
 		"request id %s was already used for a different request; this one was not applied", cmd.ID)}
-	ch := Change{OrderID: cmd.OrderID, Expect: expect(snap)}
+	// The reused key's own operation says so, always: the sender was told
+	// "accepted" and has no other way to learn that nothing happened. The
+	// key is the sender's, so this tells it nothing about the order.
+	cur := snap.Order
+	opOnly := Change{OrderID: cmd.OrderID, Operation: done(cmd, now, codes.AlreadyExists, refusal.Reason, nil)}
+	// Only the actor's own orders hear about its reused key.
+	if order.Authorize(cur, cmd) != nil {
+		return res, s.repo.Save(ctx, opOnly)
+	}
+	ch := Change{OrderID: cmd.OrderID, Expect: expect(snap), Operation: opOnly.Operation}
 	if cur != nil {
 		if !recordable(snap) {
-			return res, nil
+			return res, s.repo.Save(ctx, opOnly)
 		}
 		res.Order = cur
 		res.Event = order.Event{
@@ -286,7 +345,7 @@ func (s *Service) duplicate(ctx context.Context, cmd order.Command, snap Snapsho
 		// a 404 forever. It becomes a REJECTED order saying why.
 		create, ok := cmd.Body.(order.CreateOrder)
 		if !ok {
-			return res, nil // no order to record it on
+			return res, s.repo.Save(ctx, opOnly) // no order to record it on
 		}
 		d := order.RejectCreate(cmd, create, now, refusal)
 		res.Order, res.Event = d.Order, d.Event
@@ -316,4 +375,61 @@ func expect(snap Snapshot) *Version {
 	}
 	v := snap.Version
 	return &v
+}
+
+// newOperation is cmd's operation as of now, not yet done: one attempt.
+func newOperation(cmd order.Command, now time.Time) *Operation {
+	accept := cmd.IssueTime
+	if accept.IsZero() {
+		accept = now // queued by an ingest that did not stamp commands
+	}
+	return &Operation{
+		ID: operation.KeyOf(cmd), Principal: cmd.Actor.ID, CommandID: cmd.ID, OrderID: cmd.OrderID, Command: cmd.Kind(),
+		Attempts: 1, AcceptTime: accept.UTC().Truncate(time.Microsecond), UpdateTime: now,
+	}
+}
+
+// done is cmd's finished operation, with the order's version when the
+// sender may see the order.
+func done(cmd order.Command, now time.Time, code codes.Code, msg string, o *order.Order) *Operation {
+	op := newOperation(cmd, now)
+	op.Done, op.Code, op.Message = true, code, msg
+	if o != nil {
+		op.OrderVersion = o.Version
+	}
+	return op
+}
+
+// notFoundMessage is GetOrder's answer for an order the reader may not
+// see, or that does not exist: the two must not be told apart.
+func notFoundMessage(orderID string) string {
+	return fmt.Sprintf("order orders/%s not found", orderID)
+}
+
+// Failed records that an attempt at cmd failed with an error of class (the
+// processor's classification) and will be retried: its operation stays
+// pending, with the attempt counted.
+func (s *Service) Failed(ctx context.Context, cmd order.Command, class string) error {
+	op := newOperation(cmd, s.now())
+	op.ErrorClass = class
+	if err := s.repo.SaveAttempt(ctx, *op); err != nil {
+		return fmt.Errorf("record failed attempt at command %s: %w", cmd.ID, err)
+	}
+	return nil
+}
+
+// GiveUp records the outcome of cmd, given up after err (dead-lettered):
+// NOT_FOUND when its order does not exist, as GetOrder would say, else
+// ABORTED with err as the reason. Both are Provisional: a redrive that
+// applies the command after all replaces them.
+func (s *Service) GiveUp(ctx context.Context, cmd order.Command, err error) error {
+	op := done(cmd, s.now(), codes.Aborted, err.Error(), nil)
+	if errors.Is(err, ErrNotFound) {
+		op.Code, op.Message = codes.NotFound, notFoundMessage(cmd.OrderID)
+	}
+	op.Attempts = 0 // the failed attempts were counted as they failed
+	if err := s.repo.Save(ctx, Change{OrderID: cmd.OrderID, Operation: op}); err != nil {
+		return fmt.Errorf("record given-up command %s: %w", cmd.ID, err)
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"go.einride.tech/aip/resourcename"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -18,13 +19,14 @@ import (
 // Name is the resource name of an order.
 func Name(id string) string { return "orders/" + id }
 
-// ParseName returns the order id in "orders/{id}", in canonical form.
+// ParseName returns the order id in "orders/{id}" (AIP-122), in canonical
+// form.
 func ParseName(name string) (string, error) {
-	const prefix = "orders/"
-	if len(name) <= len(prefix) || name[:len(prefix)] != prefix {
+	var id string
+	if err := resourcename.Sscan(name, "orders/{order}", &id); err != nil || id == "" {
 		return "", fmt.Errorf("must look like orders/{order_id}, got %q", name)
 	}
-	return order.ParseID(name[len(prefix):])
+	return order.ParseID(id)
 }
 
 // State converts a domain state; the enums share their numbering.

@@ -151,10 +151,185 @@ type ListQuery struct {
 	State      order.State // StateUnspecified: any
 	CustomerID string      // empty: any
 	CreateTime []TimeBound
-	After      *Cursor
-	Ascending  bool
-	Limit      int
-	Fields     []string // as for Get
+	// Where is any further condition, such as a filter with OR or NOT; nil
+	// for none. A conjunction of comparisons is read exactly as the fields
+	// above are (the same statement, the same indexes).
+	Where     Cond
+	After     *Cursor
+	Ascending bool
+	Limit     int
+	Fields    []string // as for Get
+}
+
+// Cond is a condition on orders: a filter's expression in the store's
+// terms, which the store renders to SQL with every value a bound
+// parameter. It is And, Or, Not or Compare.
+type Cond interface {
+	render(w *sqlWriter) error
+}
+
+// And holds when every one of its conditions does (and when it has none).
+type And []Cond
+
+// Or holds when any one of its conditions does (and never when it has none).
+type Or []Cond
+
+// Not holds when its condition does not.
+type Not struct{ Cond Cond }
+
+// Compare is one comparison of a filterable field with a value:
+//
+//	state        = or !=          an order.State
+//	customer_id  = or !=          a string
+//	create_time  <, <=, > or >=   a time.Time
+//
+// These are the fields the list indexes lead with.
+type Compare struct {
+	Field string
+	Op    string
+	Value any
+}
+
+// sqlWriter accumulates a statement and its positional parameters.
+type sqlWriter struct {
+	sb   strings.Builder
+	args []any
+}
+
+func (w *sqlWriter) param(v any, cast string) {
+	w.args = append(w.args, v)
+	w.sb.WriteString("$" + strconv.Itoa(len(w.args)) + cast)
+}
+
+// where appends c to a WHERE clause as " AND ..." terms. A conjunction's
+// comparisons come first, as state, customer_id and create_time in that
+// order, so that a plain conjunction is one statement text however the
+// filter ordered it (prepared statements are kept by their text), and the
+// same text the ListQuery fields give.
+func (w *sqlWriter) where(c Cond) error {
+	var terms []Cond
+	var flatten func(Cond)
+	flatten = func(c Cond) {
+		if a, ok := c.(And); ok {
+			for _, t := range a {
+				flatten(t)
+			}
+			return
+		}
+		if c != nil {
+			terms = append(terms, c)
+		}
+	}
+	flatten(c)
+	slices.SortStableFunc(terms, func(a, b Cond) int { return condRank(a) - condRank(b) })
+	for _, t := range terms {
+		w.sb.WriteString(" AND ")
+		if err := t.render(w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func condRank(c Cond) int {
+	if cmp, ok := c.(Compare); ok {
+		switch cmp.Field {
+		case "state":
+			return 0
+		case "customer_id":
+			return 1
+		case "create_time":
+			return 2
+		}
+	}
+	return 3
+}
+
+func (a And) render(w *sqlWriter) error { return w.join(a, " AND ", "true") }
+
+func (o Or) render(w *sqlWriter) error { return w.join(o, " OR ", "false") }
+
+func (w *sqlWriter) join(cs []Cond, op, empty string) error {
+	if len(cs) == 0 {
+		w.sb.WriteString(empty)
+		return nil
+	}
+	w.sb.WriteString("(")
+	for i, c := range cs {
+		if i > 0 {
+			w.sb.WriteString(op)
+		}
+		if err := c.render(w); err != nil {
+			return err
+		}
+	}
+	w.sb.WriteString(")")
+	return nil
+}
+
+// Every column a filter names is NOT NULL, so NOT is the complement: no
+// order escapes both a condition and its negation.
+func (n Not) render(w *sqlWriter) error {
+	if n.Cond == nil {
+		return errors.New("orderstore: NOT of nothing")
+	}
+	w.sb.WriteString("NOT (")
+	if err := n.Cond.render(w); err != nil {
+		return err
+	}
+	w.sb.WriteString(")")
+	return nil
+}
+
+func (c Compare) render(w *sqlWriter) error {
+	bad := func() error { return fmt.Errorf("orderstore: cannot compare %s %s %T", c.Field, c.Op, c.Value) }
+	equality := c.Op == "=" || c.Op == "!="
+	switch v := c.Value.(type) {
+	case order.State:
+		if c.Field != "state" || !equality {
+			return bad()
+		}
+		w.sb.WriteString("o.state " + c.Op + " ")
+		w.param(v.String(), "")
+	case string:
+		if c.Field != "customer_id" || !equality {
+			return bad()
+		}
+		w.sb.WriteString("o.customer_id " + c.Op + " ")
+		w.param(v, "")
+	case time.Time:
+		switch c.Op {
+		case "<", "<=", ">", ">=":
+		default:
+			return bad()
+		}
+		if c.Field != "create_time" {
+			return bad()
+		}
+		w.sb.WriteString("o.create_time " + c.Op + " ")
+		w.param(pgTime(v), "::timestamptz")
+	default:
+		return bad()
+	}
+	return nil
+}
+
+// cond is q's selection as one condition: its fields, then Where.
+func (q *ListQuery) cond() Cond {
+	var and And
+	if q.State != order.StateUnspecified {
+		and = append(and, Compare{"state", "=", q.State})
+	}
+	if q.CustomerID != "" {
+		and = append(and, Compare{"customer_id", "=", q.CustomerID})
+	}
+	for _, b := range q.CreateTime {
+		and = append(and, Compare{"create_time", b.Op, b.Time})
+	}
+	if q.Where != nil {
+		and = append(and, q.Where)
+	}
+	return and
 }
 
 // List returns up to q.Limit orders ordered by (create_time, id), after
@@ -168,68 +343,59 @@ func (s *Store) List(ctx context.Context, q ListQuery) (out []*order.Order, err 
 	return out, err
 }
 
-// list is one prepared statement: the page, with each order's line items
-// when they are wanted.
-func (s *Store) list(ctx context.Context, q ListQuery) ([]*order.Order, error) {
-	cols, wantLines, err := columns(q.Fields, "id", "create_time")
+// listSQL is q's statement and its parameters, with the columns it
+// selects; ok is false when the actor may see no order at all.
+func listSQL(q ListQuery) (query string, args []any, cols []string, wantLines, ok bool, err error) {
+	cols, wantLines, err = columns(q.Fields, "id", "create_time")
 	if err != nil {
-		return nil, err
+		return "", nil, nil, false, false, err
 	}
 	if cols == nil {
 		cols = allColumns
 	}
-	var sb strings.Builder
-	sb.WriteString("SELECT ")
+	var w sqlWriter
+	w.sb.WriteString("SELECT ")
 	for i, c := range cols {
 		if i > 0 {
-			sb.WriteString(", ")
+			w.sb.WriteString(", ")
 		}
-		sb.WriteString(selectColumn(c))
+		w.sb.WriteString(selectColumn(c))
 	}
 	if wantLines {
-		sb.WriteString(", " + linesColumn)
+		w.sb.WriteString(", " + linesColumn)
 	}
-	sb.WriteString(" FROM orders AS o WHERE true")
-	var args []any
-	if !visibleSQL(&sb, q.Actor, &args) {
-		return nil, nil
+	w.sb.WriteString(" FROM orders AS o WHERE true")
+	if !visibleSQL(&w.sb, q.Actor, &w.args) {
+		return "", nil, nil, false, false, nil
 	}
-	param := func(v any, cast string) {
-		args = append(args, v)
-		sb.WriteString("$" + strconv.Itoa(len(args)) + cast)
-	}
-	if q.State != order.StateUnspecified {
-		sb.WriteString(" AND o.state = ")
-		param(q.State.String(), "")
-	}
-	if q.CustomerID != "" {
-		sb.WriteString(" AND o.customer_id = ")
-		param(q.CustomerID, "")
-	}
-	for _, b := range q.CreateTime {
-		switch b.Op {
-		case "<", "<=", ">", ">=":
-			sb.WriteString(" AND o.create_time " + b.Op + " ")
-			param(pgTime(b.Time), "::timestamptz")
-		default:
-			return nil, fmt.Errorf("bad create_time operator %q", b.Op)
-		}
+	if err := w.where(q.cond()); err != nil {
+		return "", nil, nil, false, false, err
 	}
 	dir, cmp := "DESC", "<"
 	if q.Ascending {
 		dir, cmp = "ASC", ">"
 	}
 	if q.After != nil {
-		sb.WriteString(" AND (o.create_time, o.id) " + cmp + " (")
-		param(pgTime(q.After.CreateTime), "::timestamptz")
-		sb.WriteString(", ")
-		param(q.After.ID, "::uuid")
-		sb.WriteString(")")
+		w.sb.WriteString(" AND (o.create_time, o.id) " + cmp + " (")
+		w.param(pgTime(q.After.CreateTime), "::timestamptz")
+		w.sb.WriteString(", ")
+		w.param(q.After.ID, "::uuid")
+		w.sb.WriteString(")")
 	}
 	// The limit is part of the statement, not a parameter, so that the
 	// plan is made for it.
-	sb.WriteString(" ORDER BY o.create_time " + dir + ", o.id " + dir + " LIMIT " + strconv.Itoa(max(q.Limit, 0)))
-	rows, err := statements(s.db.DB).query(ctx, sb.String(), args...)
+	w.sb.WriteString(" ORDER BY o.create_time " + dir + ", o.id " + dir + " LIMIT " + strconv.Itoa(max(q.Limit, 0)))
+	return w.sb.String(), w.args, cols, wantLines, true, nil
+}
+
+// list is one prepared statement: the page, with each order's line items
+// when they are wanted.
+func (s *Store) list(ctx context.Context, q ListQuery) ([]*order.Order, error) {
+	query, args, cols, wantLines, ok, err := listSQL(q)
+	if err != nil || !ok {
+		return nil, err
+	}
+	rows, err := statements(s.db.DB).query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list orders: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"time"
 
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
@@ -168,6 +169,9 @@ func (s *Store) Save(ctx context.Context, c orderapp.Change) error {
 		}
 		q = q.With("notification", s.db.NewInsert().Model(row))
 	}
+	if op := c.Operation; op != nil {
+		q = q.With("operation", s.saveOperation(op))
+	}
 	if c.Expect != nil && c.Create == nil {
 		q = q.ColumnExpr("oms_expect(EXISTS (SELECT 1 FROM guarded), 'order changed concurrently')")
 	} else {
@@ -186,6 +190,94 @@ func (s *Store) Save(ctx context.Context, c orderapp.Change) error {
 		return saveError(err)
 	}
 	return nil
+}
+
+// operationRow is a row of operations (migration 9).
+type operationRow struct {
+	bun.BaseModel `bun:"table:operations,alias:op"`
+
+	ID           []byte    `bun:"id,pk"`
+	Principal    string    `bun:"principal"`
+	CommandID    string    `bun:"command_id"`
+	OrderID      string    `bun:"order_id,type:uuid"`
+	Command      string    `bun:"command"`
+	Done         bool      `bun:"done"`
+	Code         int32     `bun:"code"`
+	Message      string    `bun:"message"`
+	ErrorClass   string    `bun:"error_class"`
+	Attempts     int32     `bun:"attempts"`
+	OrderVersion int64     `bun:"order_version"`
+	AcceptTime   time.Time `bun:"accept_time"`
+	UpdateTime   time.Time `bun:"update_time"`
+}
+
+func toOperationRow(op *orderapp.Operation) *operationRow {
+	return &operationRow{
+		ID: op.ID[:], Principal: op.Principal, CommandID: op.CommandID, OrderID: op.OrderID, Command: string(op.Command),
+		Done: op.Done, Code: int32(op.Code), Message: op.Message, ErrorClass: op.ErrorClass, Attempts: op.Attempts,
+		OrderVersion: op.OrderVersion, AcceptTime: op.AcceptTime, UpdateTime: op.UpdateTime,
+	}
+}
+
+// saveOperation writes op over a pending record of it, or over one that
+// orderapp.Provisional lets a later attempt replace; any other done record
+// stays. The attempts add up; an error class is kept until another
+// replaces it, and the accept time is the first record's.
+func (s *Store) saveOperation(op *orderapp.Operation) *bun.InsertQuery {
+	return s.db.NewInsert().Model(toOperationRow(op)).
+		On("CONFLICT (id) DO UPDATE").
+		Set("done = EXCLUDED.done, code = EXCLUDED.code, message = EXCLUDED.message").
+		Set("error_class = COALESCE(NULLIF(EXCLUDED.error_class, ''), op.error_class)").
+		Set("attempts = op.attempts + EXCLUDED.attempts").
+		Set("order_version = EXCLUDED.order_version, update_time = EXCLUDED.update_time").
+		Where("NOT op.done OR op.code IN (?)", bun.In(provisionalCodes()))
+}
+
+func provisionalCodes() []int32 {
+	out := make([]int32, len(orderapp.Provisional))
+	for i, c := range orderapp.Provisional {
+		out[i] = int32(c)
+	}
+	return out
+}
+
+// SaveAttempt counts a failed attempt on op's pending record (made if
+// there is none yet), with its error class; a done record is left as it
+// is. It is one small statement, on the failure path only.
+func (s *Store) SaveAttempt(ctx context.Context, op orderapp.Operation) error {
+	op.Done, op.Code, op.Message, op.OrderVersion = false, 0, "", 0
+	q := s.db.NewInsert().Model(toOperationRow(&op)).
+		On("CONFLICT (id) DO UPDATE").
+		Set("attempts = op.attempts + EXCLUDED.attempts").
+		Set("error_class = EXCLUDED.error_class, update_time = EXCLUDED.update_time").
+		Where("NOT op.done")
+	err := s.retryBrokenConn(ctx, func() error {
+		_, err := q.Exec(ctx)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("save attempt at command %s: %w", op.CommandID, err)
+	}
+	return nil
+}
+
+// PurgeOperations deletes up to limit done operations last updated longer
+// than retention ago (by the database's clock: the processors' agree with
+// it far better than the hour retention is at least), and says how many it
+// deleted. Each call is one bounded statement, so a
+// purge of a large backlog never holds many locks at once; the caller
+// repeats it while it deletes a full batch.
+func (s *Store) PurgeOperations(ctx context.Context, retention time.Duration, limit int) (int64, error) {
+	res, err := s.db.NewDelete().Table("operations").
+		// Rows another processor is purging, or a redrive is rewriting,
+		// are skipped rather than waited for.
+		Where("id IN (SELECT id FROM operations WHERE done AND update_time < now() - make_interval(secs => ?) LIMIT ? FOR UPDATE SKIP LOCKED)",
+			retention.Seconds(), limit).
+		Exec(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("purge operations: %w", err)
+	}
+	return res.RowsAffected()
 }
 
 // saveError turns the statement's key and guard failures into orderapp's

@@ -475,7 +475,7 @@ func TestFailedWriteLeavesNothing(t *testing.T) {
 	if _, err := s.Apply(ctx, c); err == nil || !strings.Contains(err.Error(), "outbox refused") {
 		t.Fatalf("Apply = %v, want the outbox's refusal", err)
 	}
-	for _, table := range []string{"orders", "order_line_items", "order_events", "processed_commands", "watermill_outbox"} {
+	for _, table := range []string{"orders", "order_line_items", "order_events", "processed_commands", "watermill_outbox", "operations"} {
 		if n, err := db.NewSelect().Table(table).Count(ctx); err != nil || n != 0 {
 			t.Errorf("%s has %d rows after the failed write (%v)", table, n, err)
 		}
@@ -501,6 +501,11 @@ func TestCommandsTakeTwoStatements(t *testing.T) {
 	s := newAppNotifying(db, notify)
 	id := uuid.NewString()
 	create := createCmd(id)
+	// A request id used again for other requests: each writes its
+	// operation in the one statement (the second only that).
+	reused, reusedAgain := create, create
+	reused.Body = order.CancelOrder{Reason: "a"}
+	reusedAgain.Body = order.CancelOrder{Reason: "b"}
 	for _, step := range []struct {
 		name string
 		cmd  order.Command
@@ -514,6 +519,8 @@ func TestCommandsTakeTwoStatements(t *testing.T) {
 		{"rejected deliver", cmd(id, order.DeliverOrder{}), orderapp.Rejected, 2},
 		{"ship", cmd(id, order.ShipOrder{Carrier: "ups", TrackingNumber: "1Z"}), orderapp.Applied, 2},
 		{"refused", as(order.Actor{ID: "service:other"}, cmd(id, order.CancelOrder{})), orderapp.Refused, 2},
+		{"reused request id", reused, orderapp.Duplicate, 2},
+		{"reused again, recorded only as its operation", reusedAgain, orderapp.Duplicate, 2},
 	} {
 		before := counter.n.Load()
 		mustApply(t, s, step.cmd, step.want)

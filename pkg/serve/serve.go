@@ -235,10 +235,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 
 	// The public port keeps /healthz and /readyz (harmless, and what a load
-	// balancer may probe); /metrics is on the admin port only.
+	// balancer may probe) and serves the OpenAPI document, none of them
+	// behind requireBearer; /metrics is on the admin port only.
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET "+openAPIPath, servedOpenAPI) // openapi.go
 	api = limitBody(api, a.MaxBodyBytes)
 	if a.RequireBearer {
 		api = requireBearer(api)

@@ -27,6 +27,7 @@ import (
 	"github.com/omsdev/oms/pkg/auth"
 	"github.com/omsdev/oms/pkg/logging"
 	"github.com/omsdev/oms/pkg/metrics"
+	"github.com/omsdev/oms/pkg/operation"
 	"github.com/omsdev/oms/pkg/order"
 	"github.com/omsdev/oms/pkg/orderpb"
 	"github.com/omsdev/oms/pkg/queue"
@@ -69,6 +70,8 @@ type commandService struct {
 	encoding string
 	timeout  time.Duration
 	idSecret []byte
+	// opSecret signs the operation names acceptances carry.
+	opSecret []byte
 	log      *slog.Logger
 }
 
@@ -156,6 +159,12 @@ func (s *commandService) enqueue(ctx context.Context, vs []order.FieldViolation,
 	}
 	cmd.IssueTime = time.Now().UTC()
 	cmd.CorrelationID = logging.CorrelationID(ctx)
+	// Named before anything is stored: a retry names the same operation,
+	// and the query service answers for it even while it is still queued.
+	op, err := operation.For(s.opSecret, cmd)
+	if err != nil {
+		return nil, fmt.Errorf("name the operation: %w", err)
+	}
 	body, err := orderpb.EncodeCommandAs(cmd, s.encoding)
 	if err != nil {
 		return nil, fmt.Errorf("encode command: %w", err)
@@ -190,6 +199,7 @@ func (s *commandService) enqueue(ctx context.Context, vs []order.FieldViolation,
 		CommandId:          cmd.ID,
 		AcceptTime:         timestamppb.New(cmd.IssueTime),
 		RequestIdGenerated: generated,
+		Operation:          op,
 	}, nil
 }
 
@@ -256,9 +266,12 @@ func invalid(vs []order.FieldViolation) error {
 }
 
 // acceptedStatus makes the gateway answer 202 Accepted for commands: they
-// are queued, not yet applied.
+// are queued, not yet applied. Location is where their outcome will be.
 func acceptedStatus(ctx context.Context, w http.ResponseWriter, m proto.Message) error {
-	if _, ok := m.(*omsv1.CommandAcceptance); ok {
+	if a, ok := m.(*omsv1.CommandAcceptance); ok {
+		if a.Operation != "" {
+			w.Header().Set("Location", "/v1/"+a.Operation)
+		}
 		w.WriteHeader(http.StatusAccepted)
 	}
 	return nil

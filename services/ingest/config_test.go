@@ -10,10 +10,10 @@ import (
 )
 
 // secure is the least configuration ingest starts with: an issuer to
-// verify tokens against and the order id secret.
+// verify tokens against, the order id secret and the operation secret.
 var secure = map[string]string{
 	"AUTH_ISSUER": "https://idp.example.org/", "AUTH_AUDIENCE": "oms", "AUTH_JWKS_URL": "https://idp.example.org/jwks.json",
-	"ORDER_ID_SECRET": strings.Repeat("s", 32),
+	"ORDER_ID_SECRET": strings.Repeat("s", 32), "OPERATION_SECRET": strings.Repeat("o", 32),
 }
 
 func with(extra map[string]string) *config.Env { return config.FromMaps(secure, extra) }
@@ -35,6 +35,9 @@ func TestLoadConfig(t *testing.T) {
 	if c.Guard.Limits.CommandsPerSecond != 20 || string(c.OrderIDSecret) != secure["ORDER_ID_SECRET"] {
 		t.Errorf("guard %+v", c.Guard)
 	}
+	if string(c.OperationSecret) != secure["OPERATION_SECRET"] {
+		t.Errorf("operation secret %q", c.OperationSecret)
+	}
 	for _, tc := range []struct {
 		vars map[string]string
 		want string
@@ -45,6 +48,8 @@ func TestLoadConfig(t *testing.T) {
 		{map[string]string{"AUTH_ISSUER": "", "AUTH_AUDIENCE": "", "AUTH_JWKS_URL": ""}, "AUTH_ISSUER"},
 		{map[string]string{"ORDER_ID_SECRET": ""}, "ORDER_ID_SECRET is required"},
 		{map[string]string{"ORDER_ID_SECRET": "short-secret-hunter2"}, "ORDER_ID_SECRET: must be at least 32 characters"},
+		{map[string]string{"OPERATION_SECRET": ""}, "OPERATION_SECRET is required"},
+		{map[string]string{"OPERATION_SECRET": "short-secret-hunter2"}, "OPERATION_SECRET: must be at least 32 characters"},
 		{map[string]string{"AUTH_INSECURE_DEV_MODE": "true"}, "AUTH_INSECURE_DEV_MODE"},
 	} {
 		_, err := LoadConfig(with(tc.vars))
@@ -54,7 +59,7 @@ func TestLoadConfig(t *testing.T) {
 	}
 	// Only the explicit development switch runs without an issuer.
 	c, err = LoadConfig(config.FromMap(map[string]string{"AUTH_INSECURE_DEV_MODE": "true"}))
-	if err != nil || !c.Guard.Auth.InsecureDevMode || len(c.OrderIDSecret) < 32 {
+	if err != nil || !c.Guard.Auth.InsecureDevMode || len(c.OrderIDSecret) < 32 || len(c.OperationSecret) < 32 {
 		t.Errorf("dev mode: %+v, %v", c.Guard, err)
 	}
 }

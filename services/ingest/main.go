@@ -35,8 +35,12 @@ type Config struct {
 	// OrderIDSecret (ORDER_ID_SECRET, at least 32 characters, the same on
 	// every replica) keys the derivation of order ids from request ids.
 	OrderIDSecret []byte
-	Queue         queue.Config
-	Batch         queue.BatchConfig
+	// OperationSecret (OPERATION_SECRET, at least 32 characters, the same
+	// on every ingest and query replica) signs the operation names a 202
+	// carries, so that only the caller can look its operation up.
+	OperationSecret []byte
+	Queue           queue.Config
+	Batch           queue.BatchConfig
 	// CommandEncoding (INGEST_COMMAND_ENCODING, protobuf or json) is the
 	// command bodies' encoding. Processors read both; json is for a
 	// rolling upgrade while processors older than the protobuf bodies
@@ -75,7 +79,21 @@ func LoadConfig(env *config.Env) (Config, error) {
 		env.Errorf("ORDER_ID_SECRET is required: a random value of at least 32 characters, the same on every ingest replica (for example `openssl rand -hex 32`)")
 	}
 	c.OrderIDSecret = []byte(secret)
+	c.OperationSecret = operationSecret(env, c.Guard.Auth.InsecureDevMode)
 	return c, env.Err()
+}
+
+// operationSecret reads OPERATION_SECRET; query reads it the same way, and
+// both must agree, or no operation name ingest issues can be looked up.
+func operationSecret(env *config.Env, insecureDevMode bool) []byte {
+	secret := env.Secret("OPERATION_SECRET", 32)
+	switch {
+	case secret == "" && insecureDevMode:
+		secret = insecureDevOperationSecret
+	case secret == "":
+		env.Errorf("OPERATION_SECRET is required: a random value of at least 32 characters, the same on every ingest and query replica (for example `openssl rand -hex 32`)")
+	}
+	return []byte(secret)
 }
 
 // encodings maps INGEST_COMMAND_ENCODING to a command body content type.
@@ -84,6 +102,10 @@ var encodings = map[string]string{"protobuf": orderpb.ContentTypeProtobuf, "json
 // insecureDevSecret stands in for ORDER_ID_SECRET in insecure dev mode
 // only, where every caller is trusted anyway.
 const insecureDevSecret = "insecure-dev-mode-order-id-secret-not-for-production"
+
+// insecureDevOperationSecret stands in for OPERATION_SECRET in insecure
+// dev mode only; query's is the same, so names still verify there.
+const insecureDevOperationSecret = "insecure-dev-mode-operation-secret-not-for-production"
 
 // methods is every method of the command API: its scope and rate class.
 var methods = map[string]auth.Method{
@@ -141,7 +163,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	svc := &commandService{pub: pub, queue: cfg.Queue.CommandQueue, encoding: cfg.CommandEncoding,
-		timeout: cfg.EnqueueTimeout, idSecret: cfg.OrderIDSecret, log: log}
+		timeout: cfg.EnqueueTimeout, idSecret: cfg.OrderIDSecret, opSecret: cfg.OperationSecret, log: log}
 	srv, err := serve.Listen(serve.API{
 		Name:               "ingest",
 		Settings:           cfg.Settings,

@@ -27,6 +27,25 @@ func TestDefaultsFollowTheSeedRetry(t *testing.T) {
 	}
 }
 
+// Done operations are kept 30 days by default, and at least an hour.
+func TestOperationRetention(t *testing.T) {
+	c, err := LoadConfig(config.FromMap(nil))
+	if err != nil || c.OperationRetention != 720*time.Hour || c.OperationPurgeInterval != 10*time.Minute {
+		t.Fatalf("defaults: %s every %s, %v", c.OperationRetention, c.OperationPurgeInterval, err)
+	}
+	c, err = LoadConfig(config.FromMap(map[string]string{"OPERATION_RETENTION": "48h", "OPERATION_PURGE_INTERVAL": "1m"}))
+	if err != nil || c.OperationRetention != 48*time.Hour || c.OperationPurgeInterval != time.Minute {
+		t.Errorf("set: %s every %s, %v", c.OperationRetention, c.OperationPurgeInterval, err)
+	}
+	for _, bad := range []map[string]string{{"OPERATION_RETENTION": "30m"}, {"OPERATION_PURGE_INTERVAL": "0s"}, {"OPERATION_RETENTION": "soon"}} {
+		for k := range bad {
+			if _, err := LoadConfig(config.FromMap(bad)); err == nil || !strings.Contains(err.Error(), k) {
+				t.Errorf("%v: %v, want an error naming %s", bad, err, k)
+			}
+		}
+	}
+}
+
 func TestBadConfigNamesTheVariable(t *testing.T) {
 	_, err := LoadConfig(config.FromMap(map[string]string{
 		"PROCESSOR_RETRY_MULTIPLIER": "-1", "PROCESSOR_SUBSCRIPTIONS": "lots", "SQS_COMMAND_QUEUE": "plain",

@@ -64,6 +64,42 @@ func (p deadLetterPublisher) Publish(topic string, msgs ...*message.Message) err
 	return err
 }
 
+// deadLetterRecordTimeout bounds the write of a dead letter's outcome: one
+// row, after the retries, beside the dead-letter publish itself.
+const deadLetterRecordTimeout = 2 * time.Second
+
+// recordDeadLetters sits just inside the poison queue middleware: a
+// command about to be dead-lettered first gets its outcome on its
+// operation (NOT_FOUND when its order never appeared, else ABORTED with
+// the reason), so its sender learns it will not be applied. If that write
+// fails, the message is not dead-lettered but left to SQS redelivery: no
+// command reaches the dead-letter queue with its operation still pending.
+// A message that is no command has no operation.
+func (a *applier) recordDeadLetters(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		out, err := h(msg)
+		if err == nil || !permanent(err) {
+			return out, err
+		}
+		cmd, derr := orderpb.DecodeCommandAs(msg.Payload, msg.Metadata.Get(orderpb.ContentTypeKey))
+		if derr != nil {
+			return out, err
+		}
+		// The last attempt's deadline has passed by now.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(msg.Context()), deadLetterRecordTimeout)
+		defer cancel()
+		if werr := a.app.GiveUp(ctx, cmd, err); werr != nil {
+			a.log.ErrorContext(logging.WithCorrelationID(ctx, cmd.CorrelationID),
+				"could not record a dead-lettered command's outcome; not dead-lettering it, SQS will redeliver it",
+				"command", cmd.Kind(), "command_id", cmd.ID, "order_id", cmd.OrderID, "reason", err.Error(), "err", werr)
+			// Not wrapped: the poison queue must not see a dead-lettering
+			// error in it.
+			return out, fmt.Errorf("%s; recording its outcome failed: %w", err.Error(), werr)
+		}
+		return out, err
+	}
+}
+
 // deadLetter is what the tools show of one dead-letter message.
 type deadLetter struct {
 	MessageID string `json:"message_id"`

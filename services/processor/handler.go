@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/omsdev/oms/pkg/logging"
+	"github.com/omsdev/oms/pkg/order"
 	"github.com/omsdev/oms/pkg/orderapp"
 	"github.com/omsdev/oms/pkg/orderpb"
 	"github.com/omsdev/oms/pkg/orderstore"
@@ -110,7 +112,12 @@ func (a *applier) handle(msg *message.Message) error {
 		// Timed out or shutting down: says nothing about the command.
 		return err
 	default:
-		switch class := orderstore.Classify(err); class {
+		class := orderstore.Classify(err)
+		if class != orderstore.ClassOperational {
+			// (An operational failure would fail this write the same way.)
+			a.recordFailure(ctx, cmd, err, log)
+		}
+		switch class {
 		case orderstore.ClassPermanent:
 			return permanentError{err}
 		case orderstore.ClassPending:
@@ -155,6 +162,31 @@ func (a *applier) handle(msg *message.Message) error {
 		}
 	}
 	return nil
+}
+
+// recordFailure counts a failed attempt on the command's operation, which
+// stays pending with the error's class, so its sender can see it is being
+// retried and why. It never fails the message: the attempt's own error
+// decides what happens to it, and a lost count is only a lost count. It
+// runs within the attempt's deadline, so the retries' worst case, which
+// the queue's visibility timeout must exceed, still holds.
+func (a *applier) recordFailure(ctx context.Context, cmd order.Command, err error, log func(slog.Level, string, ...slog.Attr)) {
+	if err := a.app.Failed(ctx, cmd, errorClass(err)); err != nil {
+		log(slog.LevelWarn, "could not record the failed attempt on the command's operation", slog.Any("err", err))
+	}
+}
+
+// errorClass names a failed attempt's error on its operation
+// (CommandMetadata.last_error_class): the processor's classification,
+// with the two failures a client can act on told apart.
+func errorClass(err error) string {
+	switch {
+	case errors.Is(err, orderapp.ErrNotFound):
+		return "not_found"
+	case errors.Is(err, orderapp.ErrConflict), errors.Is(err, orderapp.ErrClaimed):
+		return "conflict"
+	}
+	return orderstore.Classify(err).String()
 }
 
 // stopRetrying sits just inside Retry and ends the retries of a permanent

@@ -111,8 +111,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// binary (not migrated, privileges missing), instead of failing.
 	guard := &schemaGuard{db: db, gate: commands, every: 2 * time.Second, log: log}
 	guard.Start(ctx)
+	store := orderstore.New(db)
 	a := &applier{
-		app:             orderapp.New(orderstore.New(db), notifier{queue: cfg.Queue.NotificationQueue}.entry),
+		app:             orderapp.New(store, notifier{queue: cfg.Queue.NotificationQueue}.entry),
 		acceptActorless: cfg.AcceptActorless,
 		operational:     func(err error) { guard.Trip(ctx, err) },
 		log:             log,
@@ -141,6 +142,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		countOutcomes,
 		middleware.CorrelationID,
 		poison,
+		a.recordDeadLetters,
 		middleware.Retry{
 			MaxRetries:          cfg.Retry.MaxAttempts - 1,
 			InitialInterval:     cfg.Retry.InitialInterval,
@@ -192,6 +194,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	errc := make(chan error, 2)
 	go func() { errc <- router.Run(rctx) }()
 	go func() { errc <- relay.Run(rctx) }()
+	purger := operationPurger{store: store, retention: cfg.OperationRetention, every: cfg.OperationPurgeInterval, log: log}
+	go purger.Run(rctx)
 	log.Info("processing", "queue", cfg.Queue.CommandQueue, "subscriptions", cfg.Subscriptions,
 		"visibility_timeout", vt, "retry_worst_case", cfg.Retry.WorstCase(cfg.HandlerTimeout))
 

@@ -128,6 +128,7 @@ func startBench(b *testing.B) *benchStack {
 	cfg, err := LoadConfig(config.FromMaps(map[string]string{
 		"AUTH_ISSUER": issURL, "AUTH_AUDIENCE": benchAudience, "AUTH_JWKS_URL": iss.JWKSURL(),
 		"HTTP_ADDR": "127.0.0.1:0", "GRPC_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0",
+		"OPERATION_SECRET": strings.Repeat("o", 32),
 		// The limiter runs, but never refuses: the load is one principal.
 		"RATE_LIMIT_READS_PER_SECOND": "1000000", "RATE_LIMIT_READ_BURST": "1000000",
 	}, nil))

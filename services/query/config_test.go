@@ -14,6 +14,7 @@ import (
 // secure is the least configuration query starts with.
 var secure = map[string]string{
 	"AUTH_ISSUER": "https://idp.example.org/", "AUTH_AUDIENCE": "oms", "AUTH_JWKS_URL": "https://idp.example.org/jwks.json",
+	"OPERATION_SECRET": strings.Repeat("o", 32),
 }
 
 func with(extra map[string]string) *config.Env { return config.FromMaps(secure, extra) }
@@ -26,6 +27,9 @@ func TestLoadConfig(t *testing.T) {
 	if c.HTTPAddr != "127.0.0.1:8081" || c.GRPCAddr != "127.0.0.1:9091" || c.AdminAddr != "127.0.0.1:9181" || c.GRPCMaxSendBytes != 8<<20 {
 		t.Errorf("defaults: %+v", c.Settings)
 	}
+	if string(c.OperationSecret) != secure["OPERATION_SECRET"] {
+		t.Errorf("operation secret %q", c.OperationSecret)
+	}
 	for _, tc := range []struct {
 		vars map[string]string
 		want string
@@ -35,6 +39,8 @@ func TestLoadConfig(t *testing.T) {
 		{map[string]string{"LOG_LEVEL": "trace"}, "LOG_LEVEL"},
 		{map[string]string{"AUTH_JWKS_URL": ""}, "AUTH_JWKS_URL"},
 		{map[string]string{"QUERY_MAX_PAGE_BYTES": "8388608"}, "QUERY_MAX_PAGE_BYTES"},
+		{map[string]string{"OPERATION_SECRET": ""}, "OPERATION_SECRET is required"},
+		{map[string]string{"OPERATION_SECRET": "short-secret-hunter2"}, "OPERATION_SECRET: must be at least 32 characters"},
 	} {
 		_, err := LoadConfig(with(tc.vars))
 		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "hunter2") {
@@ -45,6 +51,11 @@ func TestLoadConfig(t *testing.T) {
 		"HTTP_ADDR": "0.0.0.0:8081", "GRPC_ADDR": "0.0.0.0:9091", "ALLOW_PLAINTEXT": "true",
 	})); err != nil {
 		t.Errorf("ALLOW_PLAINTEXT: %v", err)
+	}
+	// Insecure dev mode runs without one, and agrees with ingest's.
+	c, err = LoadConfig(config.FromMap(map[string]string{"AUTH_INSECURE_DEV_MODE": "true"}))
+	if err != nil || string(c.OperationSecret) != insecureDevOperationSecret {
+		t.Errorf("dev mode: %q, %v", c.OperationSecret, err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"cloud.google.com/go/longrunning/autogen/longrunningpb"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/uptrace/bun"
@@ -19,6 +20,7 @@ import (
 	omsv1 "github.com/omsdev/oms/proto/oms/v1"
 
 	"github.com/omsdev/oms/pkg/auth"
+	"github.com/omsdev/oms/pkg/changefeed"
 	"github.com/omsdev/oms/pkg/config"
 	"github.com/omsdev/oms/pkg/logging"
 	"github.com/omsdev/oms/pkg/metrics"
@@ -36,10 +38,25 @@ type Config struct {
 	// MaxPageBytes (QUERY_MAX_PAGE_BYTES) bounds a list response's size;
 	// it must stay below GRPC_MAX_SEND_BYTES.
 	MaxPageBytes int
-	DatabaseURL  string
-	DBMaxConns   int
-	DrainTimeout time.Duration
-	LogLevel     string
+	// OperationSecret (OPERATION_SECRET, at least 32 characters, the same
+	// as ingest's) verifies the operation names ingest issued.
+	OperationSecret []byte
+	// PageTokenSecret (QUERY_PAGE_TOKEN_SECRET, at least 32 characters)
+	// signs page tokens; unset, a key derived from OPERATION_SECRET does
+	// (pagetoken.go). Every replica must have the same.
+	PageTokenSecret []byte
+	// MaxWatchers (QUERY_MAX_WATCHERS) and MaxWatchersPerPrincipal
+	// (QUERY_MAX_WATCHERS_PER_PRINCIPAL) bound the WatchOrder streams open
+	// on this process; MaxWait (QUERY_MAX_WAIT) bounds GetOrder's wait for
+	// min_version, a watch's for its order to appear, and WaitOperation's
+	// (its default timeout too).
+	MaxWatchers             int
+	MaxWatchersPerPrincipal int
+	MaxWait                 time.Duration
+	DatabaseURL             string
+	DBMaxConns              int
+	DrainTimeout            time.Duration
+	LogLevel                string
 }
 
 // LoadConfig reads the environment; see the README's configuration table.
@@ -48,25 +65,54 @@ func LoadConfig(env *config.Env) (Config, error) {
 		Settings: serve.LoadSettings(env, serve.Defaults{
 			HTTPAddr: "127.0.0.1:8081", GRPCAddr: "127.0.0.1:9091", AdminAddr: "127.0.0.1:9181",
 		}),
-		Guard:        auth.LoadGuard(env),
-		MaxPageBytes: env.Int("QUERY_MAX_PAGE_BYTES", 1<<20, 16<<10, 64<<20),
-		DatabaseURL:  env.PostgresURL("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable"),
-		DBMaxConns:   env.Int("DB_MAX_CONNS", 16, 1, 1000),
-		DrainTimeout: env.Duration("DRAIN_TIMEOUT", 20*time.Second, 0, 10*time.Minute),
-		LogLevel:     env.OneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
+		Guard:                   auth.LoadGuard(env),
+		MaxPageBytes:            env.Int("QUERY_MAX_PAGE_BYTES", 1<<20, 16<<10, 64<<20),
+		MaxWatchers:             env.Int("QUERY_MAX_WATCHERS", 1000, 1, 1_000_000),
+		MaxWatchersPerPrincipal: env.Int("QUERY_MAX_WATCHERS_PER_PRINCIPAL", 100, 1, 1_000_000),
+		MaxWait:                 env.Duration("QUERY_MAX_WAIT", 10*time.Second, 10*time.Millisecond, time.Minute),
+		DatabaseURL:             env.PostgresURL("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms?sslmode=disable"),
+		DBMaxConns:              env.Int("DB_MAX_CONNS", 16, 1, 1000),
+		DrainTimeout:            env.Duration("DRAIN_TIMEOUT", 20*time.Second, 0, 10*time.Minute),
+		LogLevel:                env.OneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 	}
 	// Room for the response's own fields and one order over the bound: a
 	// page is cut before the order that passes it.
 	env.Check(c.MaxPageBytes+256<<10 <= c.GRPCMaxSendBytes, "QUERY_MAX_PAGE_BYTES",
 		"must be at least 256 KiB below GRPC_MAX_SEND_BYTES (%d)", c.GRPCMaxSendBytes)
+	c.OperationSecret = operationSecret(env, c.Guard.Auth.InsecureDevMode)
+	c.PageTokenSecret = []byte(env.Secret("QUERY_PAGE_TOKEN_SECRET", 32))
 	return c, env.Err()
 }
+
+// operationSecret reads OPERATION_SECRET as ingest does: both must agree,
+// or no operation name ingest issues can be looked up.
+func operationSecret(env *config.Env, insecureDevMode bool) []byte {
+	secret := env.Secret("OPERATION_SECRET", 32)
+	switch {
+	case secret == "" && insecureDevMode:
+		secret = insecureDevOperationSecret
+	case secret == "":
+		env.Errorf("OPERATION_SECRET is required: a random value of at least 32 characters, the same as ingest's (for example `openssl rand -hex 32`)")
+	}
+	return []byte(secret)
+}
+
+// insecureDevOperationSecret stands in for OPERATION_SECRET in insecure
+// dev mode only; it is ingest's, so the names ingest issues verify here.
+const insecureDevOperationSecret = "insecure-dev-mode-operation-secret-not-for-production"
 
 // methods is every method of the query API: all need orders:read.
 var methods = map[string]auth.Method{
 	omsv1.OrderQueryService_GetOrder_FullMethodName:        {Scope: auth.ScopeRead, Class: auth.ClassRead},
 	omsv1.OrderQueryService_ListOrders_FullMethodName:      {Scope: auth.ScopeRead, Class: auth.ClassRead},
 	omsv1.OrderQueryService_ListOrderEvents_FullMethodName: {Scope: auth.ScopeRead, Class: auth.ClassRead},
+	omsv1.OrderQueryService_WatchOrder_FullMethodName:      {Scope: auth.ScopeRead, Class: auth.ClassRead},
+	// Command outcomes (AIP-151). Cancel and Delete answer UNIMPLEMENTED.
+	longrunningpb.Operations_GetOperation_FullMethodName:    {Scope: auth.ScopeRead, Class: auth.ClassRead},
+	longrunningpb.Operations_WaitOperation_FullMethodName:   {Scope: auth.ScopeRead, Class: auth.ClassRead},
+	longrunningpb.Operations_ListOperations_FullMethodName:  {Scope: auth.ScopeRead, Class: auth.ClassRead},
+	longrunningpb.Operations_CancelOperation_FullMethodName: {Scope: auth.ScopeRead, Class: auth.ClassRead},
+	longrunningpb.Operations_DeleteOperation_FullMethodName: {Scope: auth.ScopeRead, Class: auth.ClassRead},
 }
 
 func main() {
@@ -142,18 +188,35 @@ func listen(ctx context.Context, cfg Config, log *slog.Logger, db *bun.DB) (*ser
 	if err != nil {
 		return nil, err
 	}
-	svc := &queryService{store: orderstore.New(db), maxPageBytes: cfg.MaxPageBytes}
+	svc := &queryService{store: orderstore.New(db), maxPageBytes: cfg.MaxPageBytes,
+		tokens: newPageTokens(pageTokenKey(cfg.PageTokenSecret, cfg.OperationSecret, log))}
+	// One LISTEN connection for the process: waiters subscribe to it.
+	feed := changefeed.New(db, log, operationDoneChannel, orderChangedChannel)
+	go feed.Run(ctx)
+	// Watches end, with OK, when ctx does: Serve's drain starts then, and
+	// waits for every stream.
+	svc.changes = newChanges(feed, ctx.Done(), cfg)
+	ops := &operationsService{store: svc.store, secret: cfg.OperationSecret, feed: feed, maxWait: cfg.MaxWait, shutdown: ctx.Done()}
 	return serve.Listen(serve.API{
 		Name:               "query",
 		Settings:           cfg.Settings,
 		UnaryInterceptors:  unary,
 		StreamInterceptors: stream,
 		RequireBearer:      !cfg.Guard.Auth.InsecureDevMode,
-		Register:           func(s grpc.ServiceRegistrar) { omsv1.RegisterOrderQueryServiceServer(s, svc) },
-		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn grpc.ClientConnInterface) error {
-			return omsv1.RegisterOrderQueryServiceHandlerClient(ctx, mux, omsv1.NewOrderQueryServiceClient(conn))
+		Register: func(s grpc.ServiceRegistrar) {
+			omsv1.RegisterOrderQueryServiceServer(s, svc)
+			longrunningpb.RegisterOperationsServer(s, ops)
 		},
-		GatewayOptions: []runtime.ServeMuxOption{runtime.WithMarshalerOption(runtime.MIMEWildcard, orderJSON{serve.JSONMarshaler()})},
+		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn grpc.ClientConnInterface) error {
+			if err := omsv1.RegisterOrderQueryServiceHandlerClient(ctx, mux, omsv1.NewOrderQueryServiceClient(conn)); err != nil {
+				return err
+			}
+			return registerOperationRoutes(mux, longrunningpb.NewOperationsClient(conn))
+		},
+		GatewayOptions: []runtime.ServeMuxOption{
+			runtime.WithMarshalerOption(runtime.MIMEWildcard, orderJSON{serve.JSONMarshaler()}),
+			runtime.WithMiddlewares(streamDeadlines(cfg.HTTP.WriteTimeout)),
+		},
 		// Ready once the schema is what this binary reads.
 		Ready:        func(ctx context.Context) error { return orderstore.CheckSchema(ctx, db) },
 		DrainTimeout: cfg.DrainTimeout,

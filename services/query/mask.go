@@ -7,6 +7,7 @@ import (
 	"sync"
 	"unicode"
 
+	"go.einride.tech/aip/fieldmask"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
@@ -86,7 +87,11 @@ func parseMaskPaths(paths []string) (mask, error) {
 	if len(m.paths) == 0 {
 		return mask{}, nil
 	}
-	fm, err := fieldmaskpb.New(&omsv1.Order{}, m.paths...)
+	fm := &fieldmaskpb.FieldMask{Paths: m.paths}
+	err := fieldmask.Validate(fm, &omsv1.Order{})
+	if err == nil {
+		err = singularSubPaths(fm.Paths)
+	}
 	if err != nil {
 		return mask{}, fmt.Errorf("%v; fields are those of Order, such as id,state", err)
 	}
@@ -138,6 +143,25 @@ func prune(msg protoreflect.Message, keep map[string]*maskNode) {
 		}
 		return true
 	})
+}
+
+// singularSubPaths refuses a path into a repeated field (line_items.sku):
+// AIP-161 masks name sub-fields of singular messages only, which is all
+// prune can apply.
+func singularSubPaths(paths []string) error {
+	order := (&omsv1.Order{}).ProtoReflect().Descriptor()
+	for _, p := range paths {
+		md := order
+		parts := strings.Split(p, ".")
+		for _, s := range parts[:len(parts)-1] {
+			fd := md.Fields().ByName(protoreflect.Name(s))
+			if fd.IsList() || fd.IsMap() {
+				return fmt.Errorf("invalid field path: %s: %s is repeated, so only all of it can be read", p, s)
+			}
+			md = fd.Message()
+		}
+	}
+	return nil
 }
 
 func snake(s string) string {

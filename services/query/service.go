@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 
+	"go.einride.tech/aip/ordering"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -17,7 +14,6 @@ import (
 	omsv1 "github.com/omsdev/oms/proto/oms/v1"
 
 	"github.com/omsdev/oms/pkg/auth"
-	"github.com/omsdev/oms/pkg/order"
 	"github.com/omsdev/oms/pkg/orderpb"
 	"github.com/omsdev/oms/pkg/orderstore"
 )
@@ -36,6 +32,11 @@ type queryService struct {
 	// maxPageBytes bounds a list response's encoded size, below the
 	// transport's message limit: a page is cut by size as well as count.
 	maxPageBytes int
+	// tokens signs the page tokens of both lists (pagetoken.go).
+	tokens *pageTokens
+	// changes serves WatchOrder and min_version (watch.go); nil in tests
+	// of the other methods.
+	changes *changes
 }
 
 func (s *queryService) GetOrder(ctx context.Context, req *omsv1.GetOrderRequest) (*omsv1.Order, error) {
@@ -50,6 +51,9 @@ func (s *queryService) GetOrder(ctx context.Context, req *omsv1.GetOrderRequest)
 	mask, err := parseMask(req.ReadMask)
 	if err != nil {
 		return nil, badRequest("read_mask", err.Error())
+	}
+	if req.MinVersion != 0 {
+		return s.getMinVersion(ctx, req, id, mask, actor)
 	}
 	o, err := s.store.Get(ctx, id, mask.columns(), actor)
 	if errors.Is(err, orderstore.ErrNotFound) {
@@ -72,32 +76,28 @@ func (s *queryService) ListOrders(ctx context.Context, req *omsv1.ListOrdersRequ
 	if err != nil {
 		return nil, err
 	}
-	q, err := parseFilter(req.Filter)
-	if err != nil {
+	var q orderstore.ListQuery
+	if q.Where, err = parseFilter(req.Filter); err != nil {
 		return nil, badRequest("filter", err.Error())
 	}
-	switch req.OrderBy {
-	case "", "create_time desc":
-	case "create_time", "create_time asc":
-		q.Ascending = true
-	default:
-		return nil, badRequest("order_by", `must be "create_time desc" (the default) or "create_time asc"`)
+	if q.Ascending, err = parseOrderBy(req); err != nil {
+		return nil, err
 	}
 	mask, err := parseMask(req.ReadMask)
 	if err != nil {
 		return nil, badRequest("read_mask", err.Error())
 	}
-	// A token is only valid for the query that issued it.
-	scope := req.Filter + "\x00" + req.OrderBy
-	var tok listToken
-	if err := decodeToken(req.PageToken, scope, &tok); err != nil {
-		return nil, err
-	}
+	tokens := s.pageTokens()
 	if req.PageToken != "" {
-		if _, err := order.ParseID(tok.ID); err != nil {
-			return nil, badRequest("page_token", "is not a token this service issued")
+		b, err := tokens.open(tokenListOrders, req, actor.ID)
+		if err != nil {
+			return nil, err
 		}
-		q.After = &orderstore.Cursor{CreateTime: tok.CreateTime, ID: tok.ID}
+		pos, ok := decodeListPosition(b)
+		if !ok {
+			return nil, errTokenNotIssued
+		}
+		q.After = &orderstore.Cursor{CreateTime: pos.CreateTime, ID: pos.ID}
 	}
 	q.Limit, q.Fields, q.Actor = size+1, mask.columns(), actor
 	orders, err := s.store.List(ctx, q)
@@ -128,12 +128,33 @@ func (s *queryService) ListOrders(ctx context.Context, req *omsv1.ListOrdersRequ
 		}
 		if i == size || (i > 0 && bytes > s.maxPageBytes) {
 			last := orders[i-1]
-			resp.NextPageToken = encodeToken(scope, listToken{CreateTime: last.CreateTime, ID: last.ID})
+			resp.NextPageToken = tokens.seal(tokenListOrders, req, actor.ID, listPosition{CreateTime: last.CreateTime, ID: last.ID}.encode())
 			break
 		}
 		resp.Orders = append(resp.Orders, p)
 	}
 	return resp, nil
+}
+
+// parseOrderBy reads order_by (AIP-132): create_time, newest first unless
+// asked for "create_time asc" (or "create_time", ascending as AIP-132
+// has it).
+func parseOrderBy(req *omsv1.ListOrdersRequest) (ascending bool, err error) {
+	const want = `must be "create_time desc" (the default) or "create_time asc"`
+	ob, err := ordering.ParseOrderBy(req)
+	if err != nil {
+		return false, badRequest("order_by", want)
+	}
+	if err := ob.ValidateForPaths("create_time"); err != nil {
+		return false, badRequest("order_by", fmt.Sprintf("%v; %s", err, want))
+	}
+	switch len(ob.Fields) {
+	case 0:
+		return false, nil
+	case 1:
+		return !ob.Fields[0].Desc, nil
+	}
+	return false, badRequest("order_by", want)
 }
 
 func (s *queryService) ListOrderEvents(ctx context.Context, req *omsv1.ListOrderEventsRequest) (*omsv1.ListOrderEventsResponse, error) {
@@ -149,11 +170,19 @@ func (s *queryService) ListOrderEvents(ctx context.Context, req *omsv1.ListOrder
 	if err != nil {
 		return nil, err
 	}
-	var tok eventsToken
-	if err := decodeToken(req.PageToken, id, &tok); err != nil {
-		return nil, err
+	tokens := s.pageTokens()
+	var afterSeq int64
+	if req.PageToken != "" {
+		b, err := tokens.open(tokenListOrderEvents, req, actor.ID)
+		if err != nil {
+			return nil, err
+		}
+		var ok bool
+		if afterSeq, ok = decodeSeq(b); !ok {
+			return nil, errTokenNotIssued
+		}
 	}
-	evs, err := s.store.Events(ctx, id, tok.AfterSeq, size+1, actor)
+	evs, err := s.store.Events(ctx, id, afterSeq, size+1, actor)
 	if errors.Is(err, orderstore.ErrNotFound) {
 		return nil, status.Errorf(codes.NotFound, "order %s not found", req.Parent)
 	}
@@ -169,12 +198,21 @@ func (s *queryService) ListOrderEvents(ctx context.Context, req *omsv1.ListOrder
 			bytes += proto.Size(p) + 8
 		}
 		if i == size || (i > 0 && bytes > s.maxPageBytes) {
-			resp.NextPageToken = encodeToken(id, eventsToken{AfterSeq: evs[i-1].Seq})
+			resp.NextPageToken = tokens.seal(tokenListOrderEvents, req, actor.ID, encodeSeq(evs[i-1].Seq))
 			break
 		}
 		resp.Events = append(resp.Events, p)
 	}
 	return resp, nil
+}
+
+// pageTokens signs and reads page tokens; a service built without a key
+// (as tests build it) uses this process's random one.
+func (s *queryService) pageTokens() *pageTokens {
+	if s.tokens != nil {
+		return s.tokens
+	}
+	return newPageTokens(randomTokenKey())
 }
 
 // sizeBound is at least proto.Size(o), without encoding it: the lengths
@@ -217,62 +255,6 @@ func pageSize(n int32, def, max int) (int, error) {
 	return int(n), nil
 }
 
-type listToken struct {
-	CreateTime time.Time `json:"t"`
-	ID         string    `json:"id"`
-}
-
-// valid reports whether the position's time is one an order can have:
-// tokens are only base64, so a client can write any JSON into one, and
-// PostgreSQL refuses to compare with a year 0.
-func (t listToken) valid() bool { return inTimestampRange(t.CreateTime) }
-
-type eventsToken struct {
-	AfterSeq int64 `json:"s"`
-}
-
-// Page tokens are opaque to clients: base64 of the keyset position and a
-// hash of the query it belongs to.
-type token struct {
-	Scope []byte          `json:"q"`
-	Pos   json.RawMessage `json:"p"`
-}
-
-func scopeHash(scope string) []byte {
-	h := sha256.Sum256([]byte(scope))
-	return h[:8]
-}
-
-func encodeToken(scope string, pos any) string {
-	p, _ := json.Marshal(pos)
-	b, _ := json.Marshal(token{Scope: scopeHash(scope), Pos: p})
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func decodeToken(s, scope string, pos any) error {
-	if s == "" {
-		return nil
-	}
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	var t token
-	if err == nil {
-		err = json.Unmarshal(b, &t)
-	}
-	if err == nil {
-		err = json.Unmarshal(t.Pos, pos)
-	}
-	if v, ok := pos.(interface{ valid() bool }); err == nil && ok && !v.valid() {
-		err = errors.New("not a position a page ends at")
-	}
-	if err != nil {
-		return badRequest("page_token", "is not a token this service issued")
-	}
-	if string(t.Scope) != string(scopeHash(scope)) {
-		return badRequest("page_token", "belongs to a different query; send the same filter and order_by as the first page")
-	}
-	return nil
-}
-
 func badRequest(field, desc string) error {
 	st, err := status.New(codes.InvalidArgument, fmt.Sprintf("%s: %s", field, desc)).WithDetails(
 		&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: desc}}},
@@ -281,13 +263,4 @@ func badRequest(field, desc string) error {
 		return status.Errorf(codes.InvalidArgument, "%s: %s", field, desc)
 	}
 	return st.Err()
-}
-
-// stateNames lets filters use the API's state names.
-func parseStateName(s string) (order.State, error) {
-	v, ok := omsv1.Order_State_value[s]
-	if !ok || v == 0 {
-		return 0, fmt.Errorf("unknown state %q", s)
-	}
-	return orderpb.StateFromProto(omsv1.Order_State(v)), nil
 }

@@ -201,13 +201,24 @@ func (x *WatchOrderResponse) GetOrder() *Order {
 type ListOrdersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Default 50, at most 500 (larger values are coerced to 500).
-	PageSize  int32  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// A next_page_token, with the same filter, order_by and read_mask as the
+	// first page (page_size may change); tokens are signed and bound to the
+	// caller.
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	// Conjunction of terms joined by AND:
+	// An AIP-160 filter over three fields:
 	//
-	//	state = PAID
-	//	customer_id = "c-1"
-	//	create_time >= "2026-01-01T00:00:00Z"   (also >, <, <=)
+	//	state = PAID                             (=, !=)
+	//	customer_id = "c-1"                      (=, !=)
+	//	create_time >= "2026-01-01T00:00:00Z"    (<, <=, >, >=)
+	//
+	// combined with AND, OR, NOT (or a leading -) and parentheses; OR binds
+	// tighter than AND:
+	//
+	//	(state = PAID OR state = SHIPPED) AND NOT customer_id = "c-1"
+	//
+	// An unknown field or function, a wrong type or a syntax error is
+	// INVALID_ARGUMENT with a field violation on "filter".
 	Filter string `protobuf:"bytes,3,opt,name=filter,proto3" json:"filter,omitempty"`
 	// "create_time desc" (default) or "create_time asc".
 	OrderBy       string                 `protobuf:"bytes,4,opt,name=order_by,json=orderBy,proto3" json:"order_by,omitempty"`

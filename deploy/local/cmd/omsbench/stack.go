@@ -162,6 +162,8 @@ func startStack(ctx context.Context, cfg config, say func(string, ...any)) (s *s
 	s.processorHTTP = freeAddr()
 	secret := make([]byte, 32)
 	rand.Read(secret)
+	opSecret := make([]byte, 32)
+	rand.Read(opSecret)
 	s.vars = map[string]string{}
 	for k, v := range stackDefaults {
 		if os.Getenv(k) == "" {
@@ -182,6 +184,7 @@ func startStack(ctx context.Context, cfg config, say func(string, ...any)) (s *s
 		"AUTH_AUDIENCE":          audience,
 		"AUTH_JWKS_URL":          iss.JWKSURL(),
 		"ORDER_ID_SECRET":        hex.EncodeToString(secret),
+		"OPERATION_SECRET":       hex.EncodeToString(opSecret),
 		// Nothing is in flight when the bench stops a service: a second
 		// is plenty, where the default would wait out long polls.
 		"DRAIN_TIMEOUT": "1s",

@@ -105,12 +105,14 @@ func run(ctx context.Context) error {
 		defaults["AUTH_JWKS_URL"] = issuerURL + devissuer.JWKSPath
 	}
 	state := devissuer.StateDir()
-	if os.Getenv("ORDER_ID_SECRET") == "" {
-		secret, err := orderIDSecret(state)
-		if err != nil {
-			return err
+	for name, file := range map[string]string{"ORDER_ID_SECRET": "order-id-secret", "OPERATION_SECRET": "operation-secret"} {
+		if os.Getenv(name) == "" {
+			secret, err := localSecret(state, file)
+			if err != nil {
+				return err
+			}
+			defaults[name] = secret
 		}
-		defaults["ORDER_ID_SECRET"] = secret
 	}
 	for k, v := range defaults {
 		if os.Getenv(k) == "" {
@@ -221,10 +223,11 @@ func startIssuer(addr, url, tokens string) (stop func() error, toks []devissuer.
 	return stop, toks, nil
 }
 
-// orderIDSecret returns the local stack's ORDER_ID_SECRET, made once and
-// kept in the state directory so order ids stay valid across runs.
-func orderIDSecret(state string) (string, error) {
-	path := filepath.Join(state, "order-id-secret")
+// localSecret returns one of the local stack's secrets (ORDER_ID_SECRET,
+// OPERATION_SECRET), made once and kept in the state directory as file,
+// so order ids and operation names stay valid across runs.
+func localSecret(state, file string) (string, error) {
+	path := filepath.Join(state, file)
 	if b, err := os.ReadFile(path); err == nil {
 		if s := strings.TrimSpace(string(b)); len(s) == 64 {
 			if _, err := hex.DecodeString(s); err == nil {
@@ -457,12 +460,16 @@ func banner(devMode bool, tokens string, toks []devissuer.NamedToken) {
 	}
 	authA, authB, auth := ` -H "Authorization: Bearer $OMS_TOKEN_CUSTOMER_A"`, ` -H "Authorization: Bearer $OMS_TOKEN_CUSTOMER_B"`, ""
 	grpcA := ` -H "authorization: Bearer $OMS_TOKEN_CUSTOMER_A"`
+	// omsctl reads OMS_TOKEN; set per command, since make demo and make
+	// load read it too and need the staff scopes.
+	ctlA, ctlStaff := "OMS_TOKEN=$OMS_TOKEN_CUSTOMER_A ", "OMS_TOKEN=$OMS_TOKEN_STAFF "
 	tokenHelp := fmt.Sprintf(` Callers (tokens from the local dev issuer, valid %s; the file is rewritten each run):
    customer A, customer B, the storefront service, the staff console
    source %s        # sets OMS_TOKEN_CUSTOMER_A, _B, OMS_TOKEN_SERVICE, OMS_TOKEN_STAFF
 `, devissuer.LocalTTL, tokens)
 	if devMode {
 		authA, authB, grpcA = "", "", ""
+		ctlA, ctlStaff = "", ""
 		auth = " (AUTH_INSECURE_DEV_MODE: no token)"
 		tokenHelp = " AUTH_INSECURE_DEV_MODE is on: every caller is trusted and requests carry no token.\n"
 	}
@@ -483,11 +490,16 @@ func banner(devMode bool, tokens string, toks []devissuer.NamedToken) {
    curl -s 'http://%[2]s/v1/orders/<id>?read_mask=id,state'%[9]s
    curl -s 'http://%[2]s/v1/orders/<id>'%[10]s
    grpcurl -plaintext%[12]s -d '{"name":"orders/<id>"}' %[4]s oms.v1.OrderQueryService/GetOrder
+ Or with omsctl (bin/omsctl --help); --wait waits for the command's outcome:
+   export OMS_INGEST_ADDR=%[3]s OMS_QUERY_ADDR=%[4]s
+   %[13]sbin/omsctl create --currency USD --line 'SKU-1:Mug:2:1200' --wait
+   %[13]sbin/omsctl pay <id> --amount 2400 --reference ch_1 --wait
+   %[14]sbin/omsctl list --filter 'state = PAID' --page-size 5
  Walk a few orders through their lifecycle:  make demo
 ================================================================================
 `, ingest, query, env("INGEST_GRPC_ADDR", "127.0.0.1:9090"), env("QUERY_GRPC_ADDR", "127.0.0.1:9091"),
 		env("PROCESSOR_HTTP_ADDR", "127.0.0.1:8082"), os.Getenv("SQS_ENDPOINT"), config.Redact(os.Getenv("DATABASE_URL")),
-		tokenHelp, authA, authB, auth, grpcA)
+		tokenHelp, authA, authB, auth, grpcA, ctlA, ctlStaff)
 	if len(toks) > 0 {
 		fmt.Println(" Or paste:")
 		for _, t := range toks {

@@ -10,14 +10,14 @@ import (
 	"github.com/omsdev/oms/pkg/devissuer"
 )
 
-func TestOrderIDSecretIsStable(t *testing.T) {
+func TestLocalSecretIsStable(t *testing.T) {
 	t.Parallel()
 	state := filepath.Join(t.TempDir(), ".oms")
-	first, err := orderIDSecret(state)
+	first, err := localSecret(state, "order-id-secret")
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := orderIDSecret(state)
+	again, err := localSecret(state, "order-id-secret")
 	if err != nil || again != first || len(first) != 64 {
 		t.Fatalf("second run: %q %v, first %q", again, err, first)
 	}
@@ -28,8 +28,12 @@ func TestOrderIDSecretIsStable(t *testing.T) {
 		t.Errorf("secret mode %v, want 0600", fi.Mode().Perm())
 	}
 	os.WriteFile(filepath.Join(state, "order-id-secret"), []byte("short\n"), 0o600)
-	if _, err := orderIDSecret(state); err == nil {
+	if _, err := localSecret(state, "order-id-secret"); err == nil {
 		t.Error("a damaged secret file was accepted")
+	}
+	other, err := localSecret(state, "operation-secret")
+	if err != nil || other == first || len(other) != 64 {
+		t.Errorf("another secret: %q %v, first %q", other, err, first)
 	}
 }
 

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/url"
+
+	"cloud.google.com/go/longrunning/autogen/longrunningpb"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// The google.longrunning.Operations routes of the gateway. There is no
+// generated gateway for that service, so these handlers do what generated
+// ones do: build the request from the path and query, call the client over
+// the gateway's connection (so the auth interceptors run), and answer with
+// the mux's marshaler and error handler, in the shape of every other route.
+//
+//	GET /v1/operations/{id}
+//	GET /v1/operations/{id}:wait?timeout=5s
+//	GET /v1/operations?filter=order="orders/{id}"&page_size=&page_token=
+func registerOperationRoutes(mux *runtime.ServeMux, client longrunningpb.OperationsClient) error {
+	routes := []struct {
+		pattern, method string
+		call            func(ctx context.Context, name string, r *http.Request, opts ...grpc.CallOption) (proto.Message, error)
+	}{
+		{"/v1/{name=operations/*}", longrunningpb.Operations_GetOperation_FullMethodName,
+			func(ctx context.Context, name string, r *http.Request, opts ...grpc.CallOption) (proto.Message, error) {
+				req := &longrunningpb.GetOperationRequest{Name: name}
+				if err := queryParams(req, r); err != nil {
+					return nil, err
+				}
+				return client.GetOperation(ctx, req, opts...)
+			}},
+		{"/v1/{name=operations/*}:wait", longrunningpb.Operations_WaitOperation_FullMethodName,
+			func(ctx context.Context, name string, r *http.Request, opts ...grpc.CallOption) (proto.Message, error) {
+				req := &longrunningpb.WaitOperationRequest{Name: name}
+				if err := queryParams(req, r); err != nil {
+					return nil, err
+				}
+				return client.WaitOperation(ctx, req, opts...)
+			}},
+		{"/v1/{name=operations}", longrunningpb.Operations_ListOperations_FullMethodName,
+			func(ctx context.Context, name string, r *http.Request, opts ...grpc.CallOption) (proto.Message, error) {
+				req := &longrunningpb.ListOperationsRequest{Name: name}
+				if err := queryParams(req, r); err != nil {
+					return nil, err
+				}
+				return client.ListOperations(ctx, req, opts...)
+			}},
+	}
+	for _, rt := range routes {
+		err := mux.HandlePath(http.MethodGet, rt.pattern, func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+			ctx, cancel := context.WithCancel(r.Context())
+			defer cancel()
+			_, outbound := runtime.MarshalerForRequest(mux, r)
+			actx, err := runtime.AnnotateContext(ctx, mux, r, rt.method, runtime.WithHTTPPathPattern(rt.pattern))
+			if err != nil {
+				runtime.HTTPError(ctx, mux, outbound, w, r, err)
+				return
+			}
+			var md runtime.ServerMetadata
+			resp, err := rt.call(actx, params["name"], r, grpc.Header(&md.HeaderMD), grpc.Trailer(&md.TrailerMD))
+			actx = runtime.NewServerMetadataContext(actx, md)
+			if err != nil {
+				runtime.HTTPError(actx, mux, outbound, w, r, err)
+				return
+			}
+			runtime.ForwardResponseMessage(actx, mux, outbound, w, r, resp, mux.GetForwardResponseOptions()...)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nameFromPath keeps the query string from setting the name the path set.
+var nameFromPath = utilities.NewDoubleArray([][]string{{"name"}})
+
+// queryParams fills req's other fields from the query string, as the
+// generated handlers do (timeout=5s, filter=..., page_size=10); unknown
+// parameters are ignored, as there.
+func queryParams(req proto.Message, r *http.Request) error {
+	if err := r.ParseForm(); err != nil {
+		return status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	// One parameter at a time, so that a bad value is reported against
+	// its field.
+	for k, v := range r.Form {
+		if err := runtime.PopulateQueryParameters(req, url.Values{k: v}, nameFromPath); err != nil {
+			return badRequest(k, err.Error())
+		}
+	}
+	if r.Body != nil {
+		_, _ = io.Copy(io.Discard, r.Body)
+	}
+	return nil
+}
