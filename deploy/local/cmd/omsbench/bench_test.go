@@ -194,6 +194,18 @@ func TestPgbenchScript(t *testing.T) {
 	}
 }
 
+// The operation's key is no id the script randomizes: each transaction
+// must still write its own row, or the clients queue on one row's lock.
+func TestFreshByteaGivesEachTransactionItsOwnKey(t *testing.T) {
+	t.Parallel()
+	script := pgbenchScript([]string{`INSERT INTO operations (id, command_id) VALUES ('\x99b1', 'c-1')`}, map[string]string{"c-1": "c"})
+	got := freshBytea(script, "99b1", "c")
+	want := `INSERT INTO operations (id, command_id) VALUES (decode(md5(':c1-:c2-:c3-:c4-:c5'), 'hex'), ':c1-:c2-:c3-:c4-:c5');`
+	if !strings.Contains(got, want+"\n") {
+		t.Errorf("script lacks %q:\n%s", want, got)
+	}
+}
+
 func TestBindParams(t *testing.T) {
 	t.Parallel()
 	// Two parameters, text format for both: 'it''s' and NULL.

@@ -439,11 +439,28 @@ func (s *stack) captureCreate(ctx context.Context) (string, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// The command's operation is keyed by a hash of it (pkg/operation),
+	// a bytea the ids above do not appear in: left as recorded, every
+	// transaction would update the one row, and the clients would queue on
+	// its lock instead of measuring the statement.
+	var opID string
+	if err := s.db.QueryRowContext(ctx, `SELECT encode(id, 'hex') FROM operations WHERE command_id = $1`, commandID).Scan(&opID); err != nil {
+		return "", fmt.Errorf("the create's operation: %w", err)
+	}
 	s.stop("processor-capture")
 	rec.close()
 	stmts, err := commandSpan(rec.statements(), orderID, commandID)
 	if err != nil {
 		return "", err
 	}
-	return pgbenchScript(stmts, map[string]string{orderID: "omsbench_o", commandID: "omsbench_c"}), nil
+	script := pgbenchScript(stmts, map[string]string{orderID: "omsbench_o", commandID: "omsbench_c"})
+	return freshBytea(script, opID, "omsbench_c"), nil
+}
+
+// freshBytea replaces the bytea literal of hex in script with one derived
+// from the transaction's fresh ids of prefix (see pgbenchScript), so that
+// each transaction writes a row of its own.
+func freshBytea(script, hex, prefix string) string {
+	return strings.ReplaceAll(script, `'\x`+hex+`'`,
+		fmt.Sprintf(`decode(md5(':%[1]s1-:%[1]s2-:%[1]s3-:%[1]s4-:%[1]s5'), 'hex')`, prefix))
 }
