@@ -20,6 +20,7 @@ import (
 	"github.com/omsdev/oms/pkg/auth"
 	"github.com/omsdev/oms/pkg/config"
 	"github.com/omsdev/oms/pkg/logging"
+	"github.com/omsdev/oms/pkg/operation"
 	"github.com/omsdev/oms/pkg/orderpb"
 	"github.com/omsdev/oms/pkg/queue"
 	"github.com/omsdev/oms/pkg/serve"
@@ -79,21 +80,8 @@ func LoadConfig(env *config.Env) (Config, error) {
 		env.Errorf("ORDER_ID_SECRET is required: a random value of at least 32 characters, the same on every ingest replica (for example `openssl rand -hex 32`)")
 	}
 	c.OrderIDSecret = []byte(secret)
-	c.OperationSecret = operationSecret(env, c.Guard.Auth.InsecureDevMode)
+	c.OperationSecret = operation.LoadSecret(env, c.Guard.Auth.InsecureDevMode)
 	return c, env.Err()
-}
-
-// operationSecret reads OPERATION_SECRET; query reads it the same way, and
-// both must agree, or no operation name ingest issues can be looked up.
-func operationSecret(env *config.Env, insecureDevMode bool) []byte {
-	secret := env.Secret("OPERATION_SECRET", 32)
-	switch {
-	case secret == "" && insecureDevMode:
-		secret = insecureDevOperationSecret
-	case secret == "":
-		env.Errorf("OPERATION_SECRET is required: a random value of at least 32 characters, the same on every ingest and query replica (for example `openssl rand -hex 32`)")
-	}
-	return []byte(secret)
 }
 
 // encodings maps INGEST_COMMAND_ENCODING to a command body content type.
@@ -102,10 +90,6 @@ var encodings = map[string]string{"protobuf": orderpb.ContentTypeProtobuf, "json
 // insecureDevSecret stands in for ORDER_ID_SECRET in insecure dev mode
 // only, where every caller is trusted anyway.
 const insecureDevSecret = "insecure-dev-mode-order-id-secret-not-for-production"
-
-// insecureDevOperationSecret stands in for OPERATION_SECRET in insecure
-// dev mode only; query's is the same, so names still verify there.
-const insecureDevOperationSecret = "insecure-dev-mode-operation-secret-not-for-production"
 
 // methods is every method of the command API: its scope and rate class.
 var methods = map[string]auth.Method{

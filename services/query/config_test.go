@@ -8,6 +8,7 @@ import (
 
 	"github.com/omsdev/oms/pkg/config"
 	"github.com/omsdev/oms/pkg/dbtest"
+	"github.com/omsdev/oms/pkg/operation"
 	"github.com/omsdev/oms/pkg/orderstore"
 )
 
@@ -54,7 +55,7 @@ func TestLoadConfig(t *testing.T) {
 	}
 	// Insecure dev mode runs without one, and agrees with ingest's.
 	c, err = LoadConfig(config.FromMap(map[string]string{"AUTH_INSECURE_DEV_MODE": "true"}))
-	if err != nil || string(c.OperationSecret) != insecureDevOperationSecret {
+	if err != nil || string(c.OperationSecret) != operation.InsecureDevSecret {
 		t.Errorf("dev mode: %q, %v", c.OperationSecret, err)
 	}
 }

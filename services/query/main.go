@@ -24,6 +24,7 @@ import (
 	"github.com/omsdev/oms/pkg/config"
 	"github.com/omsdev/oms/pkg/logging"
 	"github.com/omsdev/oms/pkg/metrics"
+	"github.com/omsdev/oms/pkg/operation"
 	"github.com/omsdev/oms/pkg/orderstore"
 	"github.com/omsdev/oms/pkg/serve"
 	"github.com/omsdev/oms/pkg/tracing"
@@ -79,27 +80,10 @@ func LoadConfig(env *config.Env) (Config, error) {
 	// page is cut before the order that passes it.
 	env.Check(c.MaxPageBytes+256<<10 <= c.GRPCMaxSendBytes, "QUERY_MAX_PAGE_BYTES",
 		"must be at least 256 KiB below GRPC_MAX_SEND_BYTES (%d)", c.GRPCMaxSendBytes)
-	c.OperationSecret = operationSecret(env, c.Guard.Auth.InsecureDevMode)
+	c.OperationSecret = operation.LoadSecret(env, c.Guard.Auth.InsecureDevMode)
 	c.PageTokenSecret = []byte(env.Secret("QUERY_PAGE_TOKEN_SECRET", 32))
 	return c, env.Err()
 }
-
-// operationSecret reads OPERATION_SECRET as ingest does: both must agree,
-// or no operation name ingest issues can be looked up.
-func operationSecret(env *config.Env, insecureDevMode bool) []byte {
-	secret := env.Secret("OPERATION_SECRET", 32)
-	switch {
-	case secret == "" && insecureDevMode:
-		secret = insecureDevOperationSecret
-	case secret == "":
-		env.Errorf("OPERATION_SECRET is required: a random value of at least 32 characters, the same as ingest's (for example `openssl rand -hex 32`)")
-	}
-	return []byte(secret)
-}
-
-// insecureDevOperationSecret stands in for OPERATION_SECRET in insecure
-// dev mode only; it is ingest's, so the names ingest issues verify here.
-const insecureDevOperationSecret = "insecure-dev-mode-operation-secret-not-for-production"
 
 // methods is every method of the query API: all need orders:read.
 var methods = map[string]auth.Method{
