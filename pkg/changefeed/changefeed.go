@@ -1,8 +1,11 @@
 // Package changefeed holds one LISTEN connection per process and fans
 // PostgreSQL notifications out to subscribers by key.
 //
-// Watchers never poll: each subscribes to the key it watches (an order's id,
-// an operation's id), and re-reads what it watches when told of a change.
+// Watchers do not poll what exists: each subscribes to the key it watches
+// (an order's id, an operation's id), and re-reads what it watches when
+// told of a change. (What does not exist yet, an order whose create is in
+// flight, is re-read on a backoff by the query service: see
+// services/query/follow.go.)
 // A subscriber that may have missed a notification, because the connection
 // was lost or because it fell behind, is told so with a Lost event and
 // re-reads too; so no notification is ever needed for correctness, only for

@@ -174,13 +174,17 @@ func listen(ctx context.Context, cfg Config, log *slog.Logger, db *bun.DB) (*ser
 	}
 	svc := &queryService{store: orderstore.New(db), maxPageBytes: cfg.MaxPageBytes,
 		tokens: newPageTokens(pageTokenKey(cfg.PageTokenSecret, cfg.OperationSecret, log))}
-	// One LISTEN connection for the process: waiters subscribe to it.
+	// One LISTEN connection for the process: waiters subscribe to it, and
+	// register their watches so that their orders' changes are announced
+	// (follow.go); expired watches are purged every minute.
 	feed := changefeed.New(db, log, operationDoneChannel, orderChangedChannel)
 	go feed.Run(ctx)
+	follow := newFollower(feed, svc.store, log, cfg.MaxWait)
+	go purgeWatches(ctx, svc.store, log)
 	// Watches end, with OK, when ctx does: Serve's drain starts then, and
 	// waits for every stream.
-	svc.changes = newChanges(feed, ctx.Done(), cfg)
-	ops := &operationsService{store: svc.store, secret: cfg.OperationSecret, feed: feed, maxWait: cfg.MaxWait, shutdown: ctx.Done()}
+	svc.changes = newChanges(follow, ctx.Done(), cfg)
+	ops := &operationsService{store: svc.store, secret: cfg.OperationSecret, follow: follow, maxWait: cfg.MaxWait, shutdown: ctx.Done()}
 	return serve.Listen(serve.API{
 		Name:               "query",
 		Settings:           cfg.Settings,

@@ -30,8 +30,9 @@ import (
 	"github.com/omsdev/oms/pkg/orderstore"
 )
 
-// operationDoneChannel is where migration 9 announces a command's outcome,
-// as the hex of its operation's id, when it commits.
+// operationDoneChannel is where migration 10 announces a command's
+// outcome, as the hex of its operation's id, when it commits and its order
+// is watched.
 const operationDoneChannel = "oms_operation_done"
 
 const (
@@ -55,9 +56,9 @@ type operationsService struct {
 	// secret is OPERATION_SECRET: it verifies the names ingest issued, and
 	// signs this service's page tokens.
 	secret []byte
-	// feed wakes WaitOperation when an outcome commits; nil only waits out
-	// the timeout.
-	feed *changefeed.Feed
+	// follow wakes WaitOperation when an outcome commits (follow.go); nil
+	// only re-reads on the backstop's backoff.
+	follow *follower
 	// maxWait (QUERY_MAX_WAIT) is WaitOperation's default and longest wait.
 	maxWait time.Duration
 	// shutdown closes when the server begins to drain: waits end then,
@@ -84,7 +85,11 @@ func (s *operationsService) GetOperation(ctx context.Context, req *longrunningpb
 
 // WaitOperation answers as soon as the operation is done, or with it still
 // pending when the timeout (at most maxWait, and within the call's
-// deadline) passes.
+// deadline) passes. An operation done already is one read. Otherwise the
+// wait watches the operation's order, so that the outcome is announced,
+// and re-reads on a backoff as well while it is pending: an outcome
+// recorded without touching the order's row (a reused request key, a
+// dead-lettered command, a create) may commit unannounced (follow.go).
 func (s *operationsService) WaitOperation(ctx context.Context, req *longrunningpb.WaitOperationRequest) (*longrunningpb.Operation, error) {
 	caller, ref, err := s.parse(ctx, req.Name)
 	if err != nil {
@@ -103,21 +108,40 @@ func (s *operationsService) WaitOperation(ctx context.Context, req *longrunningp
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 
-	// Subscribe before reading: an outcome that commits in between is
-	// announced to the subscription, not lost between the two.
-	var events <-chan changefeed.Event
-	if s.feed != nil {
-		sub := s.feed.Subscribe(operationDoneChannel, hex.EncodeToString(ref.Key[:]))
-		defer sub.Close()
-		events = sub.C
+	op, err := s.read(ctx, caller, ref)
+	if err != nil || op.Done || wait == 0 {
+		return op, err
 	}
+	// Subscribe and watch, then read again: an outcome that commits after
+	// the watch is announced to the subscription, not lost between the two.
+	var events <-chan changefeed.Event
+	var w *following
+	if s.follow != nil {
+		if w, err = s.follow.follow(ctx, operationDoneChannel, hex.EncodeToString(ref.Key[:]), ref.OrderID, wait); err != nil {
+			return nil, watchError(ctx, err)
+		}
+		defer w.Close()
+		events = w.C
+	}
+	var retry backstop
+	backstopC := retry.after()
 	for {
 		op, err := s.read(ctx, caller, ref)
 		if err != nil || op.Done {
 			return op, err
 		}
 		select {
-		case <-events: // done, or notifications were lost: read again
+		case e, ok := <-events: // done, or notifications were lost: read again
+			if !ok {
+				events = nil
+			} else if e.Lost {
+				// The watch may be lost with the server (see WatchOrder).
+				if err := w.renew(ctx); err != nil {
+					return nil, watchError(ctx, err)
+				}
+			}
+		case <-backstopC:
+			backstopC = retry.after()
 		case <-timer.C:
 			return s.read(ctx, caller, ref)
 		case <-s.shutdown:

@@ -44,8 +44,9 @@ func newOpsHarness(t *testing.T) *opsHarness {
 	done := make(chan struct{})
 	go func() { feed.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
+	store := orderstore.New(db)
 	return &opsHarness{t: t, db: db, svc: &operationsService{
-		store: orderstore.New(db), secret: testOperationSecret, feed: feed, maxWait: 10 * time.Second}}
+		store: store, secret: testOperationSecret, follow: newFollower(feed, store, slog.New(slog.DiscardHandler), 10*time.Second), maxWait: 10 * time.Second}}
 }
 
 func opsAs(p auth.Principal) context.Context {
@@ -310,5 +311,65 @@ func TestWaitOperationEndsOnShutdown(t *testing.T) {
 	op, err := svc.WaitOperation(opsAs(opsShop), &longrunningpb.WaitOperationRequest{Name: name, Timeout: durationpb.New(8 * time.Second)})
 	if err != nil || op.Done || time.Since(start) > 4*time.Second {
 		t.Errorf("wait at shutdown: %v, %v after %s", op, err, time.Since(start))
+	}
+}
+
+// An outcome recorded without touching its order's row (a dead-lettered
+// command, say) whose trigger ran before the wait's watch was visible is
+// never announced, and the registration has no row lock to wait on; the
+// backstop's re-read finds it, long before the timeout.
+func TestWaitOperationFindsAnUnannouncedOutcome(t *testing.T) {
+	t.Parallel()
+	h := newOpsHarness(t)
+	orderID := uuid.NewString()
+	name, key := h.command(opsShop, orderID, "req-1")
+	ctx := context.Background()
+	tx, err := h.db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	now := time.Now()
+	if _, err := tx.ExecContext(ctx, `
+INSERT INTO operations (id, principal, command_id, order_id, command, done, code, message, attempts, accept_time, update_time)
+VALUES (?, ?, 'req-1', ?, 'pay', true, ?, 'dead-lettered', 1, ?, ?)`, key[:], opsShop.ID(), orderID, int32(codes.Internal), now, now); err != nil {
+		t.Fatal(err)
+	}
+
+	type result struct {
+		op  *longrunningpb.Operation
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		op, err := h.svc.WaitOperation(opsAs(opsShop), &longrunningpb.WaitOperationRequest{Name: name, Timeout: durationpb.New(8 * time.Second)})
+		got <- result{op, err}
+	}()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var n int
+		if err := h.db.NewRaw(`SELECT count(*) FROM order_watches WHERE order_id = ?`, orderID).Scan(ctx, &n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the wait registered no watch within 5s")
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	select {
+	case r := <-got:
+		if r.err != nil || !r.op.Done || r.op.GetError().GetCode() != int32(codes.Internal) {
+			t.Fatalf("%v, %v; want done with INTERNAL", r.op, r.err)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("the outcome was seen %v after its commit", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the wait did not see the outcome within 5s of its commit")
 	}
 }

@@ -40,12 +40,14 @@ var watchers = prometheus.NewGauge(prometheus.GaugeOpts{
 func init() { metrics.Register(watchers) }
 
 // changes is what WatchOrder and GetOrder's min_version wait with: the
-// process's one changefeed, the bounds on watchers, and the server's
-// shutdown. Nothing here polls: a waiter reads the order when it starts,
-// and again only when the feed announces a newer version (or that
-// announcements may have been missed).
+// process's one changefeed and the watches registered for it (follow.go),
+// the bounds on watchers, and the server's shutdown. A waiter reads the
+// order when it starts, and again when the feed announces a newer version
+// (or that announcements may have been missed); it re-reads on a timer
+// only while the order does not exist, which an announcement may not
+// cover (a create in flight when the watch began).
 type changes struct {
-	feed *changefeed.Feed
+	follow *follower
 	// shutdown ends when the server starts to drain: watches then end
 	// with OK, so that they do not hold the drain up.
 	shutdown <-chan struct{}
@@ -59,9 +61,9 @@ type changes struct {
 	byPrincipal  map[string]int
 }
 
-func newChanges(feed *changefeed.Feed, shutdown <-chan struct{}, cfg Config) *changes {
+func newChanges(follow *follower, shutdown <-chan struct{}, cfg Config) *changes {
 	return &changes{
-		feed: feed, shutdown: shutdown, maxWait: cfg.MaxWait,
+		follow: follow, shutdown: shutdown, maxWait: cfg.MaxWait,
 		max: cfg.MaxWatchers, perCall: cfg.MaxWatchersPerPrincipal, byPrincipal: map[string]int{},
 	}
 }
@@ -131,9 +133,11 @@ func withVersion(fm *fieldmaskpb.FieldMask) *fieldmaskpb.FieldMask {
 
 // WatchOrder sends the order's state, then each newer state as it commits.
 // The order is read when the watch starts and after each announcement of a
-// version newer than the last sent, never on a timer; a subscriber that
-// may have missed announcements (the feed reconnected, or it fell behind)
-// reads once more.
+// version newer than the last sent; a subscriber that may have missed
+// announcements (the feed reconnected, or it fell behind) registers its
+// watch again and reads once more. Until the order exists it is also
+// re-read on a backoff (follow.go: a create in flight). The watch's
+// registration is renewed while the stream lasts.
 func (s *queryService) WatchOrder(req *omsv1.WatchOrderRequest, stream grpc.ServerStreamingServer[omsv1.WatchOrderResponse]) error {
 	ctx := stream.Context()
 	actor, err := auth.ActorFromContext(ctx)
@@ -161,10 +165,13 @@ func (s *queryService) WatchOrder(req *omsv1.WatchOrderRequest, stream grpc.Serv
 	}
 	defer release()
 
-	// Subscribe before the first read: a change committed between the two
-	// is then announced, not missed.
-	sub := c.feed.Subscribe(orderChangedChannel, id)
-	defer sub.Close()
+	// Subscribe and register before the first read: a change committed
+	// after it is then announced, not missed.
+	w, err := c.follow.follow(ctx, orderChangedChannel, id, id, c.maxWait)
+	if err != nil {
+		return watchError(ctx, err)
+	}
+	defer w.Close()
 	last, seen := req.SinceVersion, false
 	read := func() error {
 		o, err := s.store.Get(ctx, id, mask.columns(), actor)
@@ -194,12 +201,14 @@ func (s *queryService) WatchOrder(req *omsv1.WatchOrderRequest, stream grpc.Serv
 	// not appeared for maxWait, as for GetOrder's min_version, and the
 	// same for an order the caller may not see, so that a watch does not
 	// tell the two apart.
-	var notYet <-chan time.Time
+	var notYet, backstopC <-chan time.Time
+	var retry backstop
 	if !seen {
 		t := time.NewTimer(c.maxWait)
 		defer t.Stop()
-		notYet = t.C
+		notYet, backstopC = t.C, retry.after()
 	}
+	renew := w.renewal(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -208,18 +217,44 @@ func (s *queryService) WatchOrder(req *omsv1.WatchOrderRequest, stream grpc.Serv
 			return nil
 		case <-notYet:
 			return status.Errorf(codes.NotFound, "order %s not found", req.Name)
-		case e, ok := <-sub.C:
+		case <-renew:
+			// Half the watch's life is left, so a renewal that fails is
+			// tried again, every backstopMax, while the watch lasts; the
+			// stream ends only when it would lapse.
+			if err := w.renew(ctx); err != nil {
+				if ctx.Err() != nil || time.Until(w.until) < 2*backstopMax {
+					return watchError(ctx, err)
+				}
+				renew = time.After(backstopMax)
+				continue
+			}
+			renew = w.renewal(ctx)
+		case <-backstopC:
+			if err := read(); err != nil {
+				return err
+			}
+			if backstopC = retry.after(); seen {
+				notYet, backstopC = nil, nil
+			}
+		case e, ok := <-w.C:
 			if !ok {
 				return nil
 			}
-			if v := announced(e); v != 0 && v <= last {
+			if e.Lost {
+				// The server may have restarted and lost the watches
+				// (order_watches is unlogged): register again, then read.
+				if err := w.renew(ctx); err != nil {
+					return watchError(ctx, err)
+				}
+				renew = w.renewal(ctx)
+			} else if v := announced(e); v != 0 && v <= last {
 				continue
 			}
 			if err := read(); err != nil {
 				return err
 			}
 			if seen {
-				notYet = nil
+				notYet, backstopC = nil, nil
 			}
 		}
 	}
@@ -227,7 +262,9 @@ func (s *queryService) WatchOrder(req *omsv1.WatchOrderRequest, stream grpc.Serv
 
 // getMinVersion is GetOrder with min_version: the order once it has reached
 // that version, waiting for its announcements up to the call's deadline
-// and at most maxWait.
+// and at most maxWait. An order already there is one read; a wait
+// registers a watch first (follow.go), and re-reads on a backoff while the
+// order does not exist.
 func (s *queryService) getMinVersion(ctx context.Context, req *omsv1.GetOrderRequest, id string, mask mask, actor order.Actor) (*omsv1.Order, error) {
 	if req.MinVersion < 0 {
 		return nil, badRequest("min_version", "must not be negative")
@@ -236,18 +273,6 @@ func (s *queryService) getMinVersion(ctx context.Context, req *omsv1.GetOrderReq
 	if err != nil {
 		return nil, badRequest("read_mask", err.Error())
 	}
-	c := s.changes
-	var events <-chan changefeed.Event
-	var shutdown <-chan struct{}
-	wait := time.Duration(0) // without a feed: one read
-	if c != nil {
-		sub := c.feed.Subscribe(orderChangedChannel, id)
-		defer sub.Close()
-		events, shutdown, wait = sub.C, c.shutdown, c.maxWait
-	}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-
 	var o *order.Order
 	get := func() (bool, error) {
 		got, err := s.store.Get(ctx, id, read.columns(), actor)
@@ -260,8 +285,30 @@ func (s *queryService) getMinVersion(ctx context.Context, req *omsv1.GetOrderReq
 		o = got
 		return o.Version >= req.MinVersion, nil
 	}
+	// Reached already, the common case: one read, and no watch.
 	done, err := get()
+	c := s.changes
+	var events <-chan changefeed.Event
+	var backstopC <-chan time.Time
+	var stop <-chan struct{}
+	var retry backstop
+	var w *following
+	wait := time.Duration(0) // without a feed: one read
+	if !done && err == nil && c != nil {
+		if w, err = c.follow.follow(ctx, orderChangedChannel, id, id, c.maxWait); err != nil {
+			return nil, watchError(ctx, err)
+		}
+		defer w.Close()
+		events, stop, wait = w.C, c.shutdown, c.maxWait
+		// Read again: the watch now covers whatever this read misses.
+		done, err = get()
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
 	for !done && err == nil {
+		if o == nil && backstopC == nil {
+			backstopC = retry.after()
+		}
 		select {
 		case <-ctx.Done():
 			// The caller has gone, or its deadline has passed: gRPC tells
@@ -272,16 +319,24 @@ func (s *queryService) getMinVersion(ctx context.Context, req *omsv1.GetOrderReq
 				events = nil
 				continue
 			}
-			if v := announced(e); v != 0 && v < req.MinVersion {
+			if e.Lost {
+				// The watch may be lost with the server (see WatchOrder).
+				if err = w.renew(ctx); err != nil {
+					return nil, watchError(ctx, err)
+				}
+			} else if v := announced(e); v != 0 && v < req.MinVersion {
 				continue
 			}
+			done, err = get()
+		case <-backstopC:
+			backstopC = nil
 			done, err = get()
 		case <-timer.C:
 			// The last chance, should an announcement have gone astray.
 			if done, err = get(); !done && err == nil {
 				return nil, tooSoon(req, o)
 			}
-		case <-shutdown:
+		case <-stop:
 			// The feed stops with the server: this replica will not hear
 			// of the version, another one may.
 			if done, err = get(); !done && err == nil {

@@ -722,3 +722,181 @@ func TestLoadConfigWatchBounds(t *testing.T) {
 		}
 	}
 }
+
+// watches is how many watches of the order are registered now.
+func (s *watchStack) watches(id string) int {
+	s.t.Helper()
+	var n int
+	if err := s.db.NewRaw(`SELECT count(*) FROM order_watches WHERE order_id = ?`, id).Scan(context.Background(), &n); err != nil {
+		s.t.Fatal(err)
+	}
+	return n
+}
+
+// eventually waits up to 5 s for cond.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5s", what)
+		}
+	}
+}
+
+// createInFlight inserts an order in a transaction left open: its
+// trigger has run, and announced nothing, since nobody watched it yet.
+// commit commits it.
+func (s *watchStack) createInFlight(id, customer string) (commit func()) {
+	s.t.Helper()
+	ctx := context.Background()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { tx.Rollback() })
+	if _, err := tx.ExecContext(ctx, `
+INSERT INTO orders (id, customer_id, state, currency_code, version, create_time, update_time, created_by)
+VALUES (?, ?, 'CREATED', 'USD', 1, now(), now(), ?)`, id, customer, "customer:"+customer); err != nil {
+		s.t.Fatal(err)
+	}
+	return func() {
+		s.t.Helper()
+		if err := tx.Commit(); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+}
+
+// A watch that starts while the order's create is in flight: the create's
+// trigger ran before the watch was registered, so the create is never
+// announced, and there is no row whose lock the registration could wait
+// for. The backstop's re-read finds the order well before QUERY_MAX_WAIT.
+func TestWatchOrderFindsACreateInFlight(t *testing.T) {
+	t.Parallel()
+	s := startWatchStack(t, nil) // QUERY_MAX_WAIT 10s
+	cust := newCustomer()
+	_, ctx := s.customer(cust)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+
+	// WatchOrder.
+	id := uuid.NewString()
+	commit := s.createInFlight(id, cust)
+	st, err := s.client.WatchOrder(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the watch registered", func() bool { return s.watches(id) == 1 })
+	commit()
+	start := time.Now()
+	wantVersion(t, recv(t, st), 1, "CREATED")
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("the create was seen %v after its commit", d)
+	}
+	// Once it exists, its changes are announced.
+	s.change(id)
+	wantVersion(t, recv(t, st), 2, "PAID")
+
+	// GetOrder's min_version.
+	id = uuid.NewString()
+	commit = s.createInFlight(id, cust)
+	got := make(chan error, 1)
+	go func() {
+		_, err := s.client.GetOrder(ctx, &omsv1.GetOrderRequest{Name: "orders/" + id, MinVersion: 1})
+		got <- err
+	}()
+	eventually(t, "the min_version wait registered", func() bool { return s.watches(id) == 1 })
+	commit()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("GetOrder min_version did not see the create within 3s of its commit")
+	}
+}
+
+// A stream's watch is registered while it lasts, renewed before it
+// lapses, and removed when the stream ends.
+func TestWatchOrderRegistersRenewsAndRemovesItsWatch(t *testing.T) {
+	t.Parallel()
+	// QUERY_MAX_WAIT at its least: a watch lasts it and the margin, and
+	// is renewed at half that.
+	s := startWatchStack(t, map[string]string{"QUERY_MAX_WAIT": "10ms"})
+	cust := newCustomer()
+	_, ctx := s.customer(cust)
+	id := s.create(cust)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := s.client.WatchOrder(sctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(t, st)
+	expiry := func() time.Time {
+		t.Helper()
+		var at time.Time
+		if err := s.db.NewRaw(`SELECT expires_at FROM order_watches WHERE order_id = ?`, id).Scan(context.Background(), &at); err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+	first := expiry()
+	if left := time.Until(first); left <= 0 || left > watchMargin+time.Second {
+		t.Fatalf("the watch expires in %v, want within QUERY_MAX_WAIT and the margin", left)
+	}
+	eventually(t, "the watch renewed", func() bool { return expiry().After(first) })
+	// Renewed, it still announces.
+	s.change(id)
+	wantVersion(t, recv(t, st), 2, "PAID")
+
+	cancel()
+	eventually(t, "the watch removed", func() bool { return s.watches(id) == 0 })
+}
+
+// GetOrder's min_version already reached is one read: no watch.
+func TestGetOrderMinVersionReachedRegistersNoWatch(t *testing.T) {
+	t.Parallel()
+	s := startWatchStack(t, nil)
+	cust := newCustomer()
+	_, ctx := s.customer(cust)
+	id := s.create(cust)
+	if _, err := s.client.GetOrder(ctx, &omsv1.GetOrderRequest{Name: "orders/" + id, MinVersion: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := s.db.NewRaw(`SELECT count(*) FROM order_watches`).Scan(context.Background(), &n); err != nil || n != 0 {
+		t.Fatalf("%d watches, %v; want none", n, err)
+	}
+}
+
+func TestBackstopBacksOff(t *testing.T) {
+	var b backstop
+	var got []time.Duration
+	for range 7 {
+		b.after()
+		got = append(got, b.next)
+	}
+	want := []time.Duration{50, 100, 200, 400, 800, 1000, 1000}
+	for i := range want {
+		if got[i] != want[i]*time.Millisecond {
+			t.Fatalf("re-reads after %v, want %v ms", got, want)
+		}
+	}
+}
+
+// A registration that fails because the caller has gone says so, not
+// that the database failed.
+func TestWatchErrorOfAGoneCaller(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := watchError(ctx, ctx.Err()); status.Code(err) != codes.Canceled {
+		t.Errorf("gone: %v, want CANCELED", err)
+	}
+	dctx, dcancel := context.WithTimeout(context.Background(), -time.Second)
+	defer dcancel()
+	if err := watchError(dctx, dctx.Err()); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("past its deadline: %v, want DEADLINE_EXCEEDED", err)
+	}
+}

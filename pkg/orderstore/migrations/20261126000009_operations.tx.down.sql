@@ -1,2 +1,1 @@
 DROP TABLE operations;
-DROP FUNCTION oms_operation_done();

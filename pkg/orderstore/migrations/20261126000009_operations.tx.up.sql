@@ -29,14 +29,5 @@ CREATE TABLE operations (
 CREATE INDEX operations_order_idx ON operations (order_id, accept_time, id);
 -- The retention purge of done operations.
 CREATE INDEX operations_done_update_time_idx ON operations (update_time) WHERE done;
-
--- WaitOperation: a command's outcome is announced on oms_operation_done as
--- the hex of its id when it commits, so a waiter wakes then, without polling.
-CREATE FUNCTION oms_operation_done() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('oms_operation_done', encode(NEW.id, 'hex'));
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER oms_operation_done AFTER INSERT OR UPDATE OF done ON operations
-    FOR EACH ROW WHEN (NEW.done) EXECUTE FUNCTION oms_operation_done();
+-- A done operation is announced on oms_operation_done by migration 10's
+-- trigger, only while someone waits on its order.
