@@ -156,15 +156,11 @@ func (a *app) payCommand() *cobra.Command {
 		Short:   "Record the payment of an order (the amount must equal its total)",
 		Example: `  omsctl pay orders/0b6f… --amount 2400 --reference ch_1 --wait`,
 		Args:    oneOrder,
-		RunE: func(c *cobra.Command, args []string) error {
-			name, err := orderName(args[0])
-			if err != nil {
-				return err
-			}
+		RunE: onOrder(func(c *cobra.Command, name string) error {
 			return a.send(c.Context(), "pay "+name, func(ctx context.Context, cl omsv1.OrderCommandServiceClient, id string) (*omsv1.CommandAcceptance, error) {
 				return cl.PayOrder(ctx, &omsv1.PayOrderRequest{Name: name, RequestId: id, AmountMinor: amount, PaymentReference: reference})
 			})
-		},
+		}),
 	}
 	c.Flags().Int64Var(&amount, "amount", 0, "amount paid, in minor units (cents)")
 	c.Flags().StringVar(&reference, "reference", "", "the payment provider's reference")
@@ -180,15 +176,11 @@ func (a *app) shipCommand() *cobra.Command {
 		Use:   "ship ORDER --carrier C --tracking T",
 		Short: "Record that a paid order was shipped",
 		Args:  oneOrder,
-		RunE: func(c *cobra.Command, args []string) error {
-			name, err := orderName(args[0])
-			if err != nil {
-				return err
-			}
+		RunE: onOrder(func(c *cobra.Command, name string) error {
 			return a.send(c.Context(), "ship "+name, func(ctx context.Context, cl omsv1.OrderCommandServiceClient, id string) (*omsv1.CommandAcceptance, error) {
 				return cl.ShipOrder(ctx, &omsv1.ShipOrderRequest{Name: name, RequestId: id, Carrier: carrier, TrackingNumber: tracking})
 			})
-		},
+		}),
 	}
 	c.Flags().StringVar(&carrier, "carrier", "", "carrier, e.g. UPS")
 	c.Flags().StringVar(&tracking, "tracking", "", "tracking number")
@@ -203,15 +195,11 @@ func (a *app) deliverCommand() *cobra.Command {
 		Use:   "deliver ORDER",
 		Short: "Record that a shipped order was delivered",
 		Args:  oneOrder,
-		RunE: func(c *cobra.Command, args []string) error {
-			name, err := orderName(args[0])
-			if err != nil {
-				return err
-			}
+		RunE: onOrder(func(c *cobra.Command, name string) error {
 			return a.send(c.Context(), "deliver "+name, func(ctx context.Context, cl omsv1.OrderCommandServiceClient, id string) (*omsv1.CommandAcceptance, error) {
 				return cl.DeliverOrder(ctx, &omsv1.DeliverOrderRequest{Name: name, RequestId: id})
 			})
-		},
+		}),
 	}
 	a.commandFlags(c)
 	return c
@@ -223,15 +211,11 @@ func (a *app) cancelCommand() *cobra.Command {
 		Use:   "cancel ORDER [--reason R]",
 		Short: "Cancel an order that has not shipped",
 		Args:  oneOrder,
-		RunE: func(c *cobra.Command, args []string) error {
-			name, err := orderName(args[0])
-			if err != nil {
-				return err
-			}
+		RunE: onOrder(func(c *cobra.Command, name string) error {
 			return a.send(c.Context(), "cancel "+name, func(ctx context.Context, cl omsv1.OrderCommandServiceClient, id string) (*omsv1.CommandAcceptance, error) {
 				return cl.CancelOrder(ctx, &omsv1.CancelOrderRequest{Name: name, RequestId: id, Reason: reason})
 			})
-		},
+		}),
 	}
 	c.Flags().StringVar(&reason, "reason", "", "why the order is cancelled")
 	a.commandFlags(c)
@@ -314,6 +298,26 @@ func orderName(arg string) (string, error) { return resourceName("orders", arg) 
 
 // operationName accepts "operations/{id}" or the bare id.
 func operationName(arg string) (string, error) { return resourceName("operations", arg) }
+
+// onOrder and onOperation are the RunE of a command of one order (one
+// operation): they run run with its name, parsed from the argument.
+func onOrder(run func(c *cobra.Command, name string) error) func(*cobra.Command, []string) error {
+	return onResource(orderName, run)
+}
+
+func onOperation(run func(c *cobra.Command, name string) error) func(*cobra.Command, []string) error {
+	return onResource(operationName, run)
+}
+
+func onResource(parse func(string) (string, error), run func(c *cobra.Command, name string) error) func(*cobra.Command, []string) error {
+	return func(c *cobra.Command, args []string) error {
+		name, err := parse(args[0])
+		if err != nil {
+			return err
+		}
+		return run(c, name)
+	}
+}
 
 func resourceName(collection, arg string) (string, error) {
 	id := strings.TrimPrefix(arg, collection+"/")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -300,6 +301,28 @@ func (fakeQuery) ListOrders(_ context.Context, req *omsv1.ListOrdersRequest) (*o
 	return nil, status.Error(codes.InvalidArgument, "page_token: bad")
 }
 
+// ListOrderEvents and ListOperations answer in two pages, so that a
+// client that reads only the first misses the last event (operation).
+func (fakeQuery) ListOrderEvents(_ context.Context, req *omsv1.ListOrderEventsRequest) (*omsv1.ListOrderEventsResponse, error) {
+	switch req.PageToken {
+	case "":
+		return &omsv1.ListOrderEventsResponse{Events: []*omsv1.OrderEvent{{Sequence: 1}, {Sequence: 2}}, NextPageToken: "e2"}, nil
+	case "e2":
+		return &omsv1.ListOrderEventsResponse{Events: []*omsv1.OrderEvent{{Sequence: 3}}}, nil
+	}
+	return nil, status.Error(codes.InvalidArgument, "page_token: bad")
+}
+
+func (f *fakeOps) ListOperations(_ context.Context, req *longrunningpb.ListOperationsRequest) (*longrunningpb.ListOperationsResponse, error) {
+	switch req.PageToken {
+	case "":
+		return &longrunningpb.ListOperationsResponse{Operations: []*longrunningpb.Operation{{Name: "operations/a"}}, NextPageToken: "o2"}, nil
+	case "o2":
+		return &longrunningpb.ListOperationsResponse{Operations: []*longrunningpb.Operation{{Name: "operations/b"}}}, nil
+	}
+	return nil, status.Error(codes.InvalidArgument, "page_token: bad")
+}
+
 type fakes struct {
 	addr   string
 	ingest *fakeIngest
@@ -426,5 +449,26 @@ func TestListAllFollowsPages(t *testing.T) {
 	code, _, errs = f.run(t, "", "list", "--filter", "nope = 1")
 	if code != 1 || errs != "omsctl: list: INVALID_ARGUMENT: unexpected filter nope = 1\n" {
 		t.Errorf("list, bad filter: exit %d, %q", code, errs)
+	}
+}
+
+func TestEventsAndOperationListFollowPages(t *testing.T) {
+	t.Parallel()
+	f := startFakes(t)
+	code, out, errs := f.run(t, "", "events", "orders/o1", "-o", "json")
+	var evs struct{ Events []struct{ Sequence string } }
+	if err := json.Unmarshal([]byte(out), &evs); code != 0 || err != nil {
+		t.Fatalf("events: exit %d, %v\n%s%s", code, err, out, errs)
+	}
+	if got := fmt.Sprint(evs.Events); got != "[{1} {2} {3}]" {
+		t.Errorf("events: %s, want all three pages' events", got)
+	}
+	code, out, errs = f.run(t, "", "operation", "list", "--order", "o1", "-o", "json")
+	var ops struct{ Operations []struct{ Name string } }
+	if err := json.Unmarshal([]byte(out), &ops); code != 0 || err != nil {
+		t.Fatalf("operation list: exit %d, %v\n%s%s", code, err, out, errs)
+	}
+	if got := fmt.Sprint(ops.Operations); got != "[{operations/a} {operations/b}]" {
+		t.Errorf("operation list: %s, want both pages' operations", got)
 	}
 }

@@ -38,11 +38,7 @@ func (a *app) operationGetCommand() *cobra.Command {
 		Use:   "get NAME",
 		Short: "Show an operation: pending, or done with the order or the reason it was not applied",
 		Args:  oneOperation,
-		RunE: func(c *cobra.Command, args []string) error {
-			name, err := operationName(args[0])
-			if err != nil {
-				return err
-			}
+		RunE: onOperation(func(c *cobra.Command, name string) error {
 			cl, err := a.operationsClient()
 			if err != nil {
 				return err
@@ -54,7 +50,7 @@ func (a *app) operationGetCommand() *cobra.Command {
 				return failure{"operation get " + name, err}
 			}
 			return a.printOperation(op)
-		},
+		}),
 	}
 }
 
@@ -63,11 +59,7 @@ func (a *app) operationWaitCommand() *cobra.Command {
 		Use:   "wait NAME",
 		Short: "Wait (up to --timeout) for an operation; exit 1 with the reason when its command was not applied",
 		Args:  oneOperation,
-		RunE: func(c *cobra.Command, args []string) error {
-			name, err := operationName(args[0])
-			if err != nil {
-				return err
-			}
+		RunE: onOperation(func(c *cobra.Command, name string) error {
 			op, err := a.waitOperation(c.Context(), name)
 			if err != nil {
 				return failure{"operation wait " + name, err}
@@ -79,7 +71,7 @@ func (a *app) operationWaitCommand() *cobra.Command {
 				return failure{"operation wait " + name, status.FromProto(op.GetError()).Err()}
 			}
 			return nil
-		},
+		}),
 	}
 }
 
@@ -98,19 +90,14 @@ func (a *app) operationListCommand() *cobra.Command {
 				return err
 			}
 			all := &longrunningpb.ListOperationsResponse{}
-			req := &longrunningpb.ListOperationsRequest{Name: "operations", Filter: operationFilter(order), PageSize: a.flags.operationPageSize}
-			for {
-				ctx, cancel := a.callContext(c.Context())
-				resp, err := cl.ListOperations(ctx, req)
-				cancel()
-				if err != nil {
-					return failure{"operation list " + order, err}
-				}
+			err = a.eachPage(c.Context(), "", func(ctx context.Context, token string) (string, error) {
+				resp, err := cl.ListOperations(ctx, &longrunningpb.ListOperationsRequest{Name: "operations", Filter: operationFilter(order),
+					PageSize: a.flags.operationPageSize, PageToken: token})
 				all.Operations = append(all.Operations, resp.GetOperations()...)
-				if resp.GetNextPageToken() == "" {
-					break
-				}
-				req.PageToken = resp.GetNextPageToken()
+				return resp.GetNextPageToken(), err
+			})
+			if err != nil {
+				return failure{"operation list " + order, err}
 			}
 			if a.flags.output == "json" {
 				return a.writeJSON(all)

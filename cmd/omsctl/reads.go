@@ -42,11 +42,7 @@ func (a *app) getCommand() *cobra.Command {
 		Example: `  omsctl get orders/0b6f…
   omsctl get 0b6f… --fields id,state,version -o json`,
 		Args: oneOrder,
-		RunE: func(c *cobra.Command, args []string) error {
-			name, err := orderName(args[0])
-			if err != nil {
-				return err
-			}
+		RunE: onOrder(func(c *cobra.Command, name string) error {
 			cl, err := a.queryClient()
 			if err != nil {
 				return err
@@ -61,7 +57,7 @@ func (a *app) getCommand() *cobra.Command {
 				return a.writeJSON(o)
 			}
 			return printOrders(a.stdout, []*omsv1.Order{o})
-		},
+		}),
 	}
 	a.fieldsFlag(c)
 	c.Flags().Int64Var(&a.flags.minVersion, "min-version", 0, "wait (up to --timeout) until the order has reached this version: read your own write")
@@ -116,28 +112,39 @@ func (a *app) listCommand() *cobra.Command {
 // listAll follows next_page_token to the end. Orders are printed page by
 // page, so a long listing starts at once; the table is aligned per page.
 func (a *app) listAll(ctx context.Context, cl omsv1.OrderQueryServiceClient, req *omsv1.ListOrdersRequest) error {
-	for {
-		cctx, cancel := a.callContext(ctx)
-		resp, err := cl.ListOrders(cctx, req)
-		cancel()
+	return a.eachPage(ctx, req.PageToken, func(ctx context.Context, token string) (string, error) {
+		req.PageToken = token
+		resp, err := cl.ListOrders(ctx, req)
 		if err != nil {
-			return failure{"list", err}
+			return "", failure{"list", err}
 		}
 		if a.flags.output == "json" {
 			for _, o := range resp.GetOrders() {
 				if err := a.writeJSONLine(o); err != nil {
-					return err
+					return "", err
 				}
 			}
-		} else if len(resp.GetOrders()) > 0 || req.PageToken == "" {
+		} else if len(resp.GetOrders()) > 0 || token == "" {
 			if err := printOrders(a.stdout, resp.GetOrders()); err != nil {
-				return err
+				return "", err
 			}
 		}
-		if resp.GetNextPageToken() == "" {
-			return nil
+		return resp.GetNextPageToken(), nil
+	})
+}
+
+// eachPage calls page with token, then with each next page token it
+// returns, until one is empty or it fails; each call gets a --timeout of
+// its own.
+func (a *app) eachPage(ctx context.Context, token string, page func(ctx context.Context, token string) (next string, err error)) error {
+	for {
+		cctx, cancel := a.callContext(ctx)
+		next, err := page(cctx, token)
+		cancel()
+		if err != nil || next == "" {
+			return err
 		}
-		req.PageToken = resp.GetNextPageToken()
+		token = next
 	}
 }
 
@@ -146,35 +153,25 @@ func (a *app) eventsCommand() *cobra.Command {
 		Use:   "events ORDER",
 		Short: "Show an order's history, oldest first, rejected commands included",
 		Args:  oneOrder,
-		RunE: func(c *cobra.Command, args []string) error {
-			name, err := orderName(args[0])
-			if err != nil {
-				return err
-			}
+		RunE: onOrder(func(c *cobra.Command, name string) error {
 			cl, err := a.queryClient()
 			if err != nil {
 				return err
 			}
 			all := &omsv1.ListOrderEventsResponse{}
-			req := &omsv1.ListOrderEventsRequest{Parent: name}
-			for {
-				ctx, cancel := a.callContext(c.Context())
-				resp, err := cl.ListOrderEvents(ctx, req)
-				cancel()
-				if err != nil {
-					return failure{"events " + name, err}
-				}
+			err = a.eachPage(c.Context(), "", func(ctx context.Context, token string) (string, error) {
+				resp, err := cl.ListOrderEvents(ctx, &omsv1.ListOrderEventsRequest{Parent: name, PageToken: token})
 				all.Events = append(all.Events, resp.GetEvents()...)
-				if resp.GetNextPageToken() == "" {
-					break
-				}
-				req.PageToken = resp.GetNextPageToken()
+				return resp.GetNextPageToken(), err
+			})
+			if err != nil {
+				return failure{"events " + name, err}
 			}
 			if a.flags.output == "json" {
 				return a.writeJSON(all)
 			}
 			return printEvents(a.stdout, all.GetEvents())
-		},
+		}),
 	}
 }
 
@@ -185,11 +182,7 @@ func (a *app) watchCommand() *cobra.Command {
 		Example: `  omsctl watch orders/0b6f…
   omsctl watch orders/0b6f… --since-version 2 --timeout 30s -o json`,
 		Args: oneOrder,
-		RunE: func(c *cobra.Command, args []string) error {
-			name, err := orderName(args[0])
-			if err != nil {
-				return err
-			}
+		RunE: onOrder(func(c *cobra.Command, name string) error {
 			ctx := c.Context()
 			if c.Flags().Changed("timeout") {
 				var cancel context.CancelFunc
@@ -197,7 +190,7 @@ func (a *app) watchCommand() *cobra.Command {
 				defer cancel()
 			}
 			return a.watch(ctx, name)
-		},
+		}),
 	}
 	c.Flags().Int64Var(&a.flags.sinceVersion, "since-version", 0, "send only states newer than this version (0: the current state first)")
 	a.fieldsFlag(c)

@@ -54,6 +54,24 @@ func (h *harness) start() {
 	})
 }
 
+// subscribeAndStart subscribes n times to key "k", starts the feed, and
+// reads from each subscription the Lost of the first connection: only then
+// is the channel known to be listened to.
+func (h *harness) subscribeAndStart(n int) []*Subscription {
+	h.t.Helper()
+	subs := make([]*Subscription, n)
+	for i := range subs {
+		subs[i] = h.feed.Subscribe(h.channel, "k")
+	}
+	h.start()
+	for _, s := range subs {
+		if e := next(h.t, s); !e.Lost {
+			h.t.Fatalf("first event %+v, want Lost", e)
+		}
+	}
+	return subs
+}
+
 func (h *harness) notify(payload string) {
 	h.t.Helper()
 	if _, err := h.db.ExecContext(context.Background(), "SELECT pg_notify(?, ?)", h.channel, payload); err != nil {
@@ -139,10 +157,8 @@ func TestDeliveryByKey(t *testing.T) {
 func TestClose(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	s, kept := h.feed.Subscribe(h.channel, "k"), h.feed.Subscribe(h.channel, "k")
-	h.start()
-	next(t, s)
-	next(t, kept)
+	subs := h.subscribeAndStart(2)
+	s, kept := subs[0], subs[1]
 	s.Close()
 	s.Close()
 	if _, ok := <-s.C; ok {
@@ -163,10 +179,8 @@ func TestClose(t *testing.T) {
 func TestSlowSubscriberGetsLost(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	slow, fast := h.feed.Subscribe(h.channel, "k"), h.feed.Subscribe(h.channel, "k")
-	h.start()
-	next(t, slow)
-	next(t, fast)
+	subs := h.subscribeAndStart(2)
+	slow, fast := subs[0], subs[1]
 
 	const n = 5 * bufferSize
 	// The fast one gets every event, in order, although the slow one reads
@@ -197,9 +211,7 @@ func TestSlowSubscriberGetsLost(t *testing.T) {
 func TestLostAfterConnectionKilled(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	s := h.feed.Subscribe(h.channel, "k")
-	h.start()
-	next(t, s)
+	s := h.subscribeAndStart(1)[0]
 	pids := h.listeners()
 	if len(pids) != 1 {
 		t.Fatalf("listening backends %v, want one", pids)
@@ -225,9 +237,7 @@ func TestPingKeepsSilentConnection(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	h.feed.pingEvery = 50 * time.Millisecond
-	s := h.feed.Subscribe(h.channel, "k")
-	h.start()
-	next(t, s)
+	s := h.subscribeAndStart(1)[0]
 	pids := h.listeners()
 	select {
 	case e := <-s.C:
@@ -242,9 +252,7 @@ func TestPingKeepsSilentConnection(t *testing.T) {
 func TestRunReturnsOnCancel(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	s := h.feed.Subscribe(h.channel, "k")
-	h.start()
-	next(t, s)
+	h.subscribeAndStart(1)
 	start := time.Now()
 	h.cancel()
 	select {

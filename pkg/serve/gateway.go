@@ -21,8 +21,8 @@ import (
 // request, HTTP/2 framing over an in-memory connection both ways, and
 // decoding it again. What a gRPC hop checks is kept: the server's message
 // size limits, status errors as they are, a cancelled or expired call as
-// CANCELLED or DEADLINE_EXCEEDED. Streaming calls (none of our gateways
-// has one) still go through the in-memory gRPC connection.
+// CANCELLED or DEADLINE_EXCEEDED. Streaming calls (query's WatchOrder)
+// still go through the in-memory gRPC connection.
 
 // registrar registers services with the gRPC server and keeps their unary
 // handlers for the gateway.

@@ -29,6 +29,7 @@ import (
 // And a body the gateway could not decode gets the BadRequest detail a
 // service's own 400s carry, naming "body".
 func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	settleFirstLine(w) // already in the unary shape (streamerrors.go)
 	st := status.Convert(err)
 	switch st.Code() {
 	case codes.InvalidArgument:

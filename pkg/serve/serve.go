@@ -216,14 +216,16 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("%s: gateway connection: %w", a.Name, err)
 	}
 	defer conn.Close()
+	streamErrs := &unaryStreamErrors{} // streamerrors.go
 	gwOpts := append([]runtime.ServeMuxOption{
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, JSONMarshaler()),
 		runtime.WithIncomingHeaderMatcher(incomingHeaders),
 		runtime.WithOutgoingHeaderMatcher(outgoingHeaders),
-		runtime.WithMiddlewares(routeLabel),
+		runtime.WithMiddlewares(routeLabel, streamErrs.middleware),
 		runtime.WithErrorHandler(httpError),
 	}, a.GatewayOptions...)
 	gw := runtime.NewServeMux(gwOpts...)
+	streamErrs.mux = gw
 	gwConn := &gatewayConn{methods: reg.methods, intercept: chainUnary(unary),
 		maxRecv: set.GRPCMaxRecvBytes, maxSend: set.GRPCMaxSendBytes, streams: conn}
 	if err := a.Gateway(ctx, gw, gwConn); err != nil {

@@ -84,6 +84,21 @@ func readOp(t *testing.T, db *bun.DB, c oms.Command) (opRow, bool) {
 	return rows[0], true
 }
 
+// refuse makes the database raise an exception, with raise as the RAISE
+// statement's arguments, for each row a trigger of timing selects (e.g.
+// "BEFORE UPDATE ON orders FOR EACH ROW").
+func refuse(t *testing.T, db *bun.DB, timing, raise string) {
+	t.Helper()
+	for _, q := range []string{
+		`CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION ` + raise + `; END $$`,
+		`CREATE TRIGGER refuse ` + timing + ` EXECUTE FUNCTION refuse()`,
+	} {
+		if _, err := db.ExecContext(context.Background(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // A pay for an order that never appears: each attempt is counted on its
 // pending operation, and when it is dead-lettered the operation is done
 // with NOT_FOUND, as GetOrder would answer.
@@ -111,17 +126,9 @@ func TestPayForMissingOrderEndsNotFound(t *testing.T) {
 // ABORTED with the dead-letter reason.
 func TestPermanentFailureEndsAborted(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
 	db := dbtest.New(t)
 	// The order's row refuses every update: an integrity error, permanent.
-	for _, q := range []string{
-		`CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused' USING ERRCODE = '23514'; END $$`,
-		`CREATE TRIGGER refuse BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION refuse()`,
-	} {
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	refuse(t, db, `BEFORE UPDATE ON orders FOR EACH ROW`, `'refused' USING ERRCODE = '23514'`)
 	id := uuid.NewString()
 	actor := oms.Actor{ID: "service:storefront"}
 	create := oms.Command{ID: uuid.NewString(), OrderID: id, IssueTime: time.Now(), Actor: actor,
@@ -149,14 +156,7 @@ func TestDeadLetterWaitsForItsOperation(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	db := dbtest.New(t)
-	for _, q := range []string{
-		`CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'operations refused'; END $$`,
-		`CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON operations FOR EACH ROW WHEN (NEW.done) EXECUTE FUNCTION refuse()`,
-	} {
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	refuse(t, db, `BEFORE INSERT OR UPDATE ON operations FOR EACH ROW WHEN (NEW.done)`, `'operations refused'`)
 	h, dlq, logs := pipeline(t, db, 2)
 	pay := oms.Command{ID: uuid.NewString(), OrderID: uuid.NewString(), IssueTime: time.Now(), Actor: oms.Actor{ID: "service:storefront"},
 		Body: oms.PayOrder{Reference: "p", AmountMinor: 100}}

@@ -111,27 +111,16 @@ func startBench(b *testing.B) *benchStack {
 	db.SetMaxIdleConns(16)
 	b.Cleanup(func() { db.Close() })
 
-	iss, err := devissuer.New()
-	if err != nil {
-		b.Fatal(err)
-	}
-	issURL, stopIss, err := iss.Serve("127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { stopIss() })
+	iss, issURL := startIssuer(b)
 	token, err := iss.Mint(devissuer.TokenSpec{Subject: benchCustomer, Scopes: []string{auth.ScopeRead}, Audience: benchAudience})
 	if err != nil {
 		b.Fatal(err)
 	}
 
-	cfg, err := LoadConfig(config.FromMaps(map[string]string{
-		"AUTH_ISSUER": issURL, "AUTH_AUDIENCE": benchAudience, "AUTH_JWKS_URL": iss.JWKSURL(),
-		"HTTP_ADDR": "127.0.0.1:0", "GRPC_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0",
-		"OPERATION_SECRET": strings.Repeat("o", 32),
+	cfg, err := LoadConfig(config.FromMaps(serviceEnv(iss, issURL, benchAudience), map[string]string{
 		// The limiter runs, but never refuses: the load is one principal.
 		"RATE_LIMIT_READS_PER_SECOND": "1000000", "RATE_LIMIT_READ_BURST": "1000000",
-	}, nil))
+	}))
 	if err != nil {
 		b.Fatal(err)
 	}

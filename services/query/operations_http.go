@@ -27,32 +27,20 @@ import (
 func registerOperationRoutes(mux *runtime.ServeMux, client longrunningpb.OperationsClient) error {
 	routes := []struct {
 		pattern, method string
-		call            func(ctx context.Context, name string, r *http.Request, opts ...grpc.CallOption) (proto.Message, error)
+		call            routeCall
 	}{
 		{"/v1/{name=operations/*}", longrunningpb.Operations_GetOperation_FullMethodName,
-			func(ctx context.Context, name string, r *http.Request, opts ...grpc.CallOption) (proto.Message, error) {
-				req := &longrunningpb.GetOperationRequest{Name: name}
-				if err := queryParams(req, r); err != nil {
-					return nil, err
-				}
-				return client.GetOperation(ctx, req, opts...)
-			}},
+			fromPathAndQuery(func(name string) *longrunningpb.GetOperationRequest {
+				return &longrunningpb.GetOperationRequest{Name: name}
+			}, client.GetOperation)},
 		{"/v1/{name=operations/*}:wait", longrunningpb.Operations_WaitOperation_FullMethodName,
-			func(ctx context.Context, name string, r *http.Request, opts ...grpc.CallOption) (proto.Message, error) {
-				req := &longrunningpb.WaitOperationRequest{Name: name}
-				if err := queryParams(req, r); err != nil {
-					return nil, err
-				}
-				return client.WaitOperation(ctx, req, opts...)
-			}},
+			fromPathAndQuery(func(name string) *longrunningpb.WaitOperationRequest {
+				return &longrunningpb.WaitOperationRequest{Name: name}
+			}, client.WaitOperation)},
 		{"/v1/{name=operations}", longrunningpb.Operations_ListOperations_FullMethodName,
-			func(ctx context.Context, name string, r *http.Request, opts ...grpc.CallOption) (proto.Message, error) {
-				req := &longrunningpb.ListOperationsRequest{Name: name}
-				if err := queryParams(req, r); err != nil {
-					return nil, err
-				}
-				return client.ListOperations(ctx, req, opts...)
-			}},
+			fromPathAndQuery(func(name string) *longrunningpb.ListOperationsRequest {
+				return &longrunningpb.ListOperationsRequest{Name: name}
+			}, client.ListOperations)},
 	}
 	for _, rt := range routes {
 		err := mux.HandlePath(http.MethodGet, rt.pattern, func(w http.ResponseWriter, r *http.Request, params map[string]string) {
@@ -86,6 +74,21 @@ var nameFromPath = utilities.NewDoubleArray([][]string{{"name"}})
 // queryParams fills req's other fields from the query string, as the
 // generated handlers do (timeout=5s, filter=..., page_size=10); unknown
 // parameters are ignored, as there.
+// routeCall calls a method for a request to its route; name is the path's.
+type routeCall func(ctx context.Context, name string, r *http.Request, opts ...grpc.CallOption) (proto.Message, error)
+
+// fromPathAndQuery is the routeCall of a method whose request is the name
+// in the path and the rest from the query parameters.
+func fromPathAndQuery[Req proto.Message, Resp proto.Message](newReq func(name string) Req, call func(context.Context, Req, ...grpc.CallOption) (Resp, error)) routeCall {
+	return func(ctx context.Context, name string, r *http.Request, opts ...grpc.CallOption) (proto.Message, error) {
+		req := newReq(name)
+		if err := queryParams(req, r); err != nil {
+			return nil, err
+		}
+		return call(ctx, req, opts...)
+	}
+}
+
 func queryParams(req proto.Message, r *http.Request) error {
 	if err := r.ParseForm(); err != nil {
 		return status.Errorf(codes.InvalidArgument, "%v", err)

@@ -65,25 +65,9 @@ func startWatchStack(t *testing.T, env map[string]string) *watchStack {
 		t.Fatal(err)
 	}
 
-	iss, err := devissuer.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	issURL, stopIss, err := iss.Serve("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stopIss() })
-	s.iss = iss
-	vars := map[string]string{
-		"AUTH_ISSUER": issURL, "AUTH_AUDIENCE": s.audience, "AUTH_JWKS_URL": iss.JWKSURL(),
-		"HTTP_ADDR": "127.0.0.1:0", "GRPC_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0",
-		"OPERATION_SECRET": strings.Repeat("o", 32),
-	}
-	for k, v := range env {
-		vars[k] = v
-	}
-	cfg, err := LoadConfig(config.FromMaps(vars, nil))
+	var issURL string
+	s.iss, issURL = startIssuer(t)
+	cfg, err := LoadConfig(config.FromMaps(serviceEnv(s.iss, issURL, s.audience), env))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,6 +92,32 @@ func startWatchStack(t *testing.T, env map[string]string) *watchStack {
 	t.Cleanup(func() { s.conn.Close() })
 	s.client = omsv1.NewOrderQueryServiceClient(s.conn)
 	return s
+}
+
+// startIssuer serves a token issuer until the test ends; its URL is the
+// service's AUTH_ISSUER.
+func startIssuer(tb testing.TB) (*devissuer.Issuer, string) {
+	tb.Helper()
+	iss, err := devissuer.New()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	url, stop, err := iss.Serve("127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { stop() })
+	return iss, url
+}
+
+// serviceEnv is the environment of a query service under test: tokens
+// of iss for audience, and ports of its own choosing.
+func serviceEnv(iss *devissuer.Issuer, issURL, audience string) map[string]string {
+	return map[string]string{
+		"AUTH_ISSUER": issURL, "AUTH_AUDIENCE": audience, "AUTH_JWKS_URL": iss.JWKSURL(),
+		"HTTP_ADDR": "127.0.0.1:0", "GRPC_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0",
+		"OPERATION_SECRET": strings.Repeat("o", 32),
+	}
 }
 
 // customer returns a customer's read token, and a context that sends it.
@@ -139,6 +149,37 @@ VALUES (?, ?, 'CREATED', 'USD', 2950, 2950, 1, now(), now(), ?)`, id, customer, 
 		s.t.Fatal(err)
 	}
 	return id
+}
+
+// ownOrder creates an order of a new customer, and returns its id with
+// the customer's read token and a context that sends it.
+func (s *watchStack) ownOrder() (id, tok string, ctx context.Context) {
+	s.t.Helper()
+	cust := newCustomer()
+	tok, ctx = s.customer(cust)
+	return s.create(cust), tok, ctx
+}
+
+// watch opens a watch, failing the test if the call fails.
+func (s *watchStack) watch(ctx context.Context, req *omsv1.WatchOrderRequest) grpc.ServerStreamingClient[omsv1.WatchOrderResponse] {
+	s.t.Helper()
+	st, err := s.client.WatchOrder(ctx, req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return st
+}
+
+// watchOwn watches a new order as its customer, for at most timeout, and
+// reads the first state sent; ctx is the watch's context.
+func (s *watchStack) watchOwn(timeout time.Duration) (id string, ctx context.Context, st grpc.ServerStreamingClient[omsv1.WatchOrderResponse]) {
+	s.t.Helper()
+	id, _, ctx = s.ownOrder()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	s.t.Cleanup(cancel)
+	st = s.watch(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
+	recv(s.t, st)
+	return id, ctx, st
 }
 
 var nextState = map[int64]string{1: "PAID", 2: "SHIPPED", 3: "DELIVERED"}
@@ -210,10 +251,7 @@ func TestWatchOrderSendsEachChangeInOrder(t *testing.T) {
 	id := s.create(cust)
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	st, err := s.client.WatchOrder(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := s.watch(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
 	first := recv(t, st)
 	wantVersion(t, first, 1, "CREATED")
 	if first.CustomerId != cust || first.Name != "orders/"+id {
@@ -225,11 +263,7 @@ func TestWatchOrderSendsEachChangeInOrder(t *testing.T) {
 	}
 
 	// A mask: only its fields, and the version whatever it says.
-	st, err = s.client.WatchOrder(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id, ReadMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := recv(t, st)
+	got := recv(t, s.watch(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id, ReadMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}}))
 	if want := (&omsv1.Order{State: omsv1.Order_DELIVERED, Version: 4}); !proto.Equal(got, want) {
 		t.Fatalf("masked: %v, want %v", got, want)
 	}
@@ -238,33 +272,20 @@ func TestWatchOrderSendsEachChangeInOrder(t *testing.T) {
 func TestWatchOrderResumesAfterSinceVersion(t *testing.T) {
 	t.Parallel()
 	s := startWatchStack(t, nil)
-	cust := newCustomer()
-	_, ctx := s.customer(cust)
-	id := s.create(cust)
+	id, _, ctx := s.ownOrder()
 	s.change(id)
 	s.change(id) // version 3
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 
 	// Behind: the current state at once.
-	st, err := s.client.WatchOrder(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id, SinceVersion: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantVersion(t, recv(t, st), 3, "SHIPPED")
+	wantVersion(t, recv(t, s.watch(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id, SinceVersion: 2})), 3, "SHIPPED")
 
 	// Up to date: nothing until the next change, then only it.
 	sctx, scancel := context.WithCancel(ctx)
-	st, err = s.client.WatchOrder(sctx, &omsv1.WatchOrderRequest{Name: "orders/" + id, SinceVersion: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	quiet(t, st, 300*time.Millisecond)
+	quiet(t, s.watch(sctx, &omsv1.WatchOrderRequest{Name: "orders/" + id, SinceVersion: 3}), 300*time.Millisecond)
 	scancel()
-	st, err = s.client.WatchOrder(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id, SinceVersion: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := s.watch(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id, SinceVersion: 3})
 	s.change(id)
 	wantVersion(t, recv(t, st), 4, "DELIVERED")
 }
@@ -278,12 +299,9 @@ func TestWatchOrderWaitsForTheCreate(t *testing.T) {
 	id := uuid.NewString()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	st, err := s.client.WatchOrder(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := s.watch(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
 	time.Sleep(200 * time.Millisecond) // the watch has read nothing, and subscribed
-	_, err = s.db.ExecContext(ctx, `
+	_, err := s.db.ExecContext(ctx, `
 INSERT INTO orders (id, customer_id, state, currency_code, version, create_time, update_time, created_by)
 VALUES (?, ?, 'CREATED', 'USD', 1, now(), now(), ?)`, id, cust, "customer:"+cust)
 	if err != nil {
@@ -321,19 +339,13 @@ func TestWatchOrderOfAnotherIsNotFound(t *testing.T) {
 	}
 	sctx, cancel := context.WithTimeout(metadataCtx(context.Background(), tok), 10*time.Second)
 	defer cancel()
-	st, err := s.client.WatchOrder(sctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantVersion(t, recv(t, st), 1, "CREATED")
+	wantVersion(t, recv(t, s.watch(sctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})), 1, "CREATED")
 }
 
 func TestWatchOrderBadInput(t *testing.T) {
 	t.Parallel()
 	s := startWatchStack(t, nil)
-	cust := newCustomer()
-	_, ctx := s.customer(cust)
-	id := s.create(cust)
+	id, _, ctx := s.ownOrder()
 	for _, tc := range []struct {
 		req   *omsv1.WatchOrderRequest
 		field string
@@ -426,16 +438,7 @@ func TestWatchOrderBounds(t *testing.T) {
 func TestWatchOrderEndsOnDeadline(t *testing.T) {
 	t.Parallel()
 	s := startWatchStack(t, nil)
-	cust := newCustomer()
-	_, ctx := s.customer(cust)
-	id := s.create(cust)
-	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	defer cancel()
-	st, err := s.client.WatchOrder(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	recv(t, st)
+	_, _, st := s.watchOwn(500 * time.Millisecond)
 	if _, err := st.Recv(); status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("%v, want DEADLINE_EXCEEDED", err)
 	}
@@ -446,17 +449,8 @@ func TestWatchOrderEndsOnDeadline(t *testing.T) {
 func TestWatchOrderRereadsAfterTheFeedReconnects(t *testing.T) {
 	t.Parallel()
 	s := startWatchStack(t, nil)
-	cust := newCustomer()
-	_, ctx := s.customer(cust)
-	id := s.create(cust)
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	st, err := s.client.WatchOrder(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	recv(t, st)
-	_, err = s.db.ExecContext(ctx, `
+	id, ctx, st := s.watchOwn(30 * time.Second)
+	_, err := s.db.ExecContext(ctx, `
 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ? AND query LIKE 'LISTEN%';
 UPDATE orders SET state = 'PAID', version = 2 WHERE id = ?`, s.app, id)
 	if err != nil {
@@ -473,9 +467,7 @@ UPDATE orders SET state = 'PAID', version = 2 WHERE id = ?`, s.app, id)
 func TestWatchOrderOverHTTP(t *testing.T) {
 	t.Parallel()
 	s := startWatchStack(t, map[string]string{"HTTP_READ_TIMEOUT": "300ms", "HTTP_WRITE_TIMEOUT": "300ms"})
-	cust := newCustomer()
-	tok, _ := s.customer(cust)
-	id := s.create(cust)
+	id, tok, _ := s.ownOrder()
 	s.change(id)
 
 	// Without a token: refused before the stream starts.
@@ -486,6 +478,37 @@ func TestWatchOrderOverHTTP(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("no token: %s", resp.Status)
+	}
+
+	// Refused by the service before the first line: answered as GetOrder
+	// is, a Status with the same code and headers, not a stream's
+	// {"error": ...} line.
+	refusal := func(target, token string) (int, string, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+s.httpAddr+target, nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), resp.Header.Get("WWW-Authenticate")
+	}
+	for _, c := range []struct {
+		name, query, token, challenge string
+		code                          int
+	}{
+		{"bad token", "", "not.a.jwt", `error="invalid_token"`, http.StatusUnauthorized},
+		{"bad read mask", "?read_mask=nope", tok, "", http.StatusBadRequest},
+	} {
+		code, body, challenge := refusal("/v1/orders/"+id+":watch"+c.query, c.token)
+		getCode, getBody, getChallenge := refusal("/v1/orders/"+id+c.query, c.token)
+		var st struct{ Code int }
+		if code != c.code || json.Unmarshal([]byte(body), &st) != nil || st.Code == 0 ||
+			code != getCode || body != getBody || challenge != getChallenge || !strings.Contains(challenge, c.challenge) {
+			t.Fatalf("%s: watch %d %s (WWW-Authenticate %q); GetOrder %d %s (%q)", c.name, code, body, challenge, getCode, getBody, getChallenge)
+		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -549,13 +572,8 @@ func compact(t *testing.T, b []byte) string {
 func TestWatchOrderEndsOnShutdown(t *testing.T) {
 	t.Parallel()
 	s := startWatchStack(t, map[string]string{"DRAIN_TIMEOUT": "20s"})
-	cust := newCustomer()
-	tok, ctx := s.customer(cust)
-	id := s.create(cust)
-	st, err := s.client.WatchOrder(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, tok, ctx := s.ownOrder()
+	st := s.watch(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
 	recv(t, st)
 	req, _ := http.NewRequest("GET", "http://"+s.httpAddr+"/v1/orders/"+id+":watch", nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
@@ -591,9 +609,7 @@ func TestWatchOrderEndsOnShutdown(t *testing.T) {
 func TestGetOrderMinVersion(t *testing.T) {
 	t.Parallel()
 	s := startWatchStack(t, map[string]string{"QUERY_MAX_WAIT": "500ms"})
-	cust := newCustomer()
-	tok, ctx := s.customer(cust)
-	id := s.create(cust)
+	id, tok, ctx := s.ownOrder()
 	name := "orders/" + id
 
 	// Reached already: at once.
@@ -681,9 +697,7 @@ func TestGetOrderMinVersion(t *testing.T) {
 func TestGetOrderMinVersionEndsOnShutdown(t *testing.T) {
 	t.Parallel()
 	s := startWatchStack(t, map[string]string{"QUERY_MAX_WAIT": "20s"})
-	cust := newCustomer()
-	_, ctx := s.customer(cust)
-	id := s.create(cust)
+	id, _, ctx := s.ownOrder()
 	c := make(chan error, 1)
 	go func() {
 		_, err := s.client.GetOrder(ctx, &omsv1.GetOrderRequest{Name: "orders/" + id, MinVersion: 2})
@@ -782,10 +796,7 @@ func TestWatchOrderFindsACreateInFlight(t *testing.T) {
 	// WatchOrder.
 	id := uuid.NewString()
 	commit := s.createInFlight(id, cust)
-	st, err := s.client.WatchOrder(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := s.watch(ctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
 	eventually(t, "the watch registered", func() bool { return s.watches(id) == 1 })
 	commit()
 	start := time.Now()
@@ -824,15 +835,10 @@ func TestWatchOrderRegistersRenewsAndRemovesItsWatch(t *testing.T) {
 	// QUERY_MAX_WAIT at its least: a watch lasts it and the margin, and
 	// is renewed at half that.
 	s := startWatchStack(t, map[string]string{"QUERY_MAX_WAIT": "10ms"})
-	cust := newCustomer()
-	_, ctx := s.customer(cust)
-	id := s.create(cust)
+	id, _, ctx := s.ownOrder()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := s.client.WatchOrder(sctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := s.watch(sctx, &omsv1.WatchOrderRequest{Name: "orders/" + id})
 	recv(t, st)
 	expiry := func() time.Time {
 		t.Helper()
@@ -859,9 +865,7 @@ func TestWatchOrderRegistersRenewsAndRemovesItsWatch(t *testing.T) {
 func TestGetOrderMinVersionReachedRegistersNoWatch(t *testing.T) {
 	t.Parallel()
 	s := startWatchStack(t, nil)
-	cust := newCustomer()
-	_, ctx := s.customer(cust)
-	id := s.create(cust)
+	id, _, ctx := s.ownOrder()
 	if _, err := s.client.GetOrder(ctx, &omsv1.GetOrderRequest{Name: "orders/" + id, MinVersion: 1}); err != nil {
 		t.Fatal(err)
 	}
