@@ -31,8 +31,8 @@ func TestAcceptanceNamesItsOperation(t *testing.T) {
 			t.Fatalf("create: %d %s", r.status, r.raw)
 		}
 		name, _ := r.body["operation"].(string)
-		if loc := r.header.Get("Location"); loc != "/v1/"+name {
-			t.Errorf("Location %q, want /v1/%s", loc, name)
+		if loc, want := r.header.Get("Location"), query("/v1/"+name); loc != want {
+			t.Errorf("Location %q, want %s", loc, want)
 		}
 		names = append(names, name)
 	}

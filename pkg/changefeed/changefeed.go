@@ -36,6 +36,10 @@ const bufferSize = 8
 // firstPingRetry is how often a new connection is pinged until it answers.
 const firstPingRetry = 20 * time.Millisecond
 
+// pingTimeout bounds one ping: a pool too busy to send it within this is
+// treated as an unanswered ping, not waited on.
+const pingTimeout = time.Second
+
 // Feed fans the notifications of one LISTEN connection out to subscribers.
 type Feed struct {
 	db       *bun.DB
@@ -222,8 +226,12 @@ func (f *Feed) session(ctx context.Context) (healthy bool, err error) {
 	var pingSent, lastTry, lastHeard time.Time
 	ping := func() {
 		lastTry = time.Now()
-		// A failure here shows as an unanswered ping.
-		if _, err := f.db.ExecContext(ctx, "SELECT pg_notify(?, '')", f.ping); err != nil && ctx.Err() == nil {
+		// A failure here shows as an unanswered ping. Bounded: it runs on
+		// the shared pool, and while it waits for a connection nothing is
+		// dispatched to the subscribers.
+		pctx, cancel := context.WithTimeout(ctx, pingTimeout)
+		defer cancel()
+		if _, err := f.db.ExecContext(pctx, "SELECT pg_notify(?, '')", f.ping); err != nil && ctx.Err() == nil {
 			f.log.Debug("changefeed: ping", "err", err)
 		}
 	}

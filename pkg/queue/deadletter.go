@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
@@ -170,4 +172,40 @@ func PoisonedAt(m types.Message) time.Time {
 		return time.UnixMilli(ms)
 	}
 	return time.Time{}
+}
+
+// AttributesAPI is the part of the SQS client that reads queue attributes.
+type AttributesAPI interface {
+	GetQueueAttributes(context.Context, *sqs.GetQueueAttributesInput, ...func(*sqs.Options)) (*sqs.GetQueueAttributesOutput, error)
+}
+
+// MaxReceiveCount is how many receives SQS allows a message of the queue
+// at url before it moves it to the dead-letter queue: its RedrivePolicy's
+// maxReceiveCount, read from the queue itself, since the infrastructure
+// code rather than SQS_MAX_RECEIVE_COUNT sets it when the services do not
+// create the queues. 0 when the queue has no redrive policy.
+func MaxReceiveCount(ctx context.Context, api AttributesAPI, url string) (int, error) {
+	out, err := api.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl: aws.String(url), AttributeNames: []types.QueueAttributeName{types.QueueAttributeNameRedrivePolicy},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("queue attributes: %w", err)
+	}
+	raw := out.Attributes[string(types.QueueAttributeNameRedrivePolicy)]
+	if raw == "" {
+		return 0, nil
+	}
+	// SQS documents the count as a number; the services write it as a
+	// string, which SQS accepts too.
+	var p struct {
+		MaxReceiveCount json.RawMessage `json:"maxReceiveCount"`
+	}
+	if err := json.Unmarshal([]byte(raw), &p); err != nil {
+		return 0, fmt.Errorf("redrive policy %q: %w", raw, err)
+	}
+	n, err := strconv.Atoi(strings.Trim(string(p.MaxReceiveCount), `"`))
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("redrive policy %q: no maxReceiveCount", raw)
+	}
+	return n, nil
 }

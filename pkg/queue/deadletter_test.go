@@ -210,3 +210,36 @@ func TestRedriveNeedsAGroup(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// The command queue's redrive policy is read from the queue itself: the
+// count EnsureQueues wrote, whatever form it takes; none on a queue
+// without one.
+func TestMaxReceiveCount(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c, client, urls := testQueues(t)
+	if n, err := queue.MaxReceiveCount(ctx, client, urls.Command); err != nil || n != c.MaxReceiveCount {
+		t.Errorf("command queue: %d, %v; want %d", n, err, c.MaxReceiveCount)
+	}
+	if n, err := queue.MaxReceiveCount(ctx, client, urls.DeadLetter); err != nil || n != 0 {
+		t.Errorf("dead-letter queue: %d, %v; want 0", n, err)
+	}
+	for policy, want := range map[string]int{
+		`{"deadLetterTargetArn":"arn:x","maxReceiveCount":7}`:   7,
+		`{"deadLetterTargetArn":"arn:x","maxReceiveCount":"3"}`: 3,
+		`{"deadLetterTargetArn":"arn:x"}`:                       -1,
+		`not json`:                                              -1,
+	} {
+		n, err := queue.MaxReceiveCount(ctx, policyAttr(policy), "u")
+		if want < 0 && err == nil || want >= 0 && (err != nil || n != want) {
+			t.Errorf("%s: %d, %v; want %d", policy, n, err, want)
+		}
+	}
+}
+
+// policyAttr answers every GetQueueAttributes with a RedrivePolicy.
+type policyAttr string
+
+func (p policyAttr) GetQueueAttributes(context.Context, *sqs.GetQueueAttributesInput, ...func(*sqs.Options)) (*sqs.GetQueueAttributesOutput, error) {
+	return &sqs.GetQueueAttributesOutput{Attributes: map[string]string{"RedrivePolicy": string(p)}}, nil
+}

@@ -266,13 +266,17 @@ func invalid(vs []order.FieldViolation) error {
 }
 
 // acceptedStatus makes the gateway answer 202 Accepted for commands: they
-// are queued, not yet applied. Location is where their outcome will be.
-func acceptedStatus(ctx context.Context, w http.ResponseWriter, m proto.Message) error {
-	if a, ok := m.(*omsv1.CommandAcceptance); ok {
-		if a.Operation != "" {
-			w.Header().Set("Location", "/v1/"+a.Operation)
+// are queued, not yet applied. Location is where their outcome will be:
+// on the query service, at operationsURL (INGEST_OPERATIONS_URL); without
+// one there is no Location, only the operation's name in the body.
+func acceptedStatus(operationsURL string) func(context.Context, http.ResponseWriter, proto.Message) error {
+	return func(ctx context.Context, w http.ResponseWriter, m proto.Message) error {
+		if a, ok := m.(*omsv1.CommandAcceptance); ok {
+			if a.Operation != "" && operationsURL != "" {
+				w.Header().Set("Location", operationsURL+"/v1/"+a.Operation)
+			}
+			w.WriteHeader(http.StatusAccepted)
 		}
-		w.WriteHeader(http.StatusAccepted)
+		return nil
 	}
-	return nil
 }

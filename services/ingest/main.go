@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -40,8 +41,14 @@ type Config struct {
 	// on every ingest and query replica) signs the operation names a 202
 	// carries, so that only the caller can look its operation up.
 	OperationSecret []byte
-	Queue           queue.Config
-	Batch           queue.BatchConfig
+	// OperationsURL (INGEST_OPERATIONS_URL) is where clients reach the
+	// query service's HTTP API, e.g. https://query.shop.example: a 202's
+	// Location header then points at the command's operation there. Empty:
+	// no Location (operations are served by query, not here, so a path
+	// relative to ingest would lead nowhere).
+	OperationsURL string
+	Queue         queue.Config
+	Batch         queue.BatchConfig
 	// CommandEncoding (INGEST_COMMAND_ENCODING, protobuf or json) is the
 	// command bodies' encoding. Processors read both; json is for a
 	// rolling upgrade while processors older than the protobuf bodies
@@ -67,6 +74,7 @@ func LoadConfig(env *config.Env) (Config, error) {
 			MaxInFlight: env.Int("INGEST_BATCH_MAX_IN_FLIGHT", 16, 1, 256),
 		},
 		CommandEncoding: encodings[env.OneOf("INGEST_COMMAND_ENCODING", "protobuf", "protobuf", "json")],
+		OperationsURL:   strings.TrimRight(env.URL("INGEST_OPERATIONS_URL", "", "http", "https"), "/"),
 		EnqueueTimeout:  env.Duration("INGEST_ENQUEUE_TIMEOUT", 5*time.Second, 100*time.Millisecond, time.Minute),
 		MaxBodyBytes:    int64(env.Int("MAX_BODY_BYTES", 1<<20, 1024, 64<<20)),
 		DrainTimeout:    env.Duration("DRAIN_TIMEOUT", 20*time.Second, 0, 10*time.Minute),
@@ -159,7 +167,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Gateway: func(ctx context.Context, mux *runtime.ServeMux, conn grpc.ClientConnInterface) error {
 			return omsv1.RegisterOrderCommandServiceHandlerClient(ctx, mux, omsv1.NewOrderCommandServiceClient(conn))
 		},
-		GatewayOptions: []runtime.ServeMuxOption{runtime.WithForwardResponseOption(acceptedStatus)},
+		GatewayOptions: []runtime.ServeMuxOption{runtime.WithForwardResponseOption(acceptedStatus(cfg.OperationsURL))},
 		Ready:          keeper.Check,
 		MaxBodyBytes:   cfg.MaxBodyBytes,
 		DrainTimeout:   cfg.DrainTimeout,

@@ -45,6 +45,11 @@ type Config struct {
 	// older ones are deleted.
 	OperationRetention     time.Duration
 	OperationPurgeInterval time.Duration
+
+	// DeadLetterAuditInterval (PROCESSOR_DLQ_AUDIT_INTERVAL, default 1m, 0
+	// off) is how often the processor looks for commands SQS dead-lettered
+	// on its own and records their pending operations done ABORTED.
+	DeadLetterAuditInterval time.Duration
 }
 
 // RetryConfig is the backoff for transient failures: the seed's Step
@@ -112,12 +117,13 @@ func LoadConfig(env *config.Env) (Config, error) {
 			MaxAttempts:     env.Int("PROCESSOR_RETRY_MAX_ATTEMPTS", 5, 1, 100),
 			Jitter:          env.Float("PROCESSOR_RETRY_JITTER", 0.1, 0, 1),
 		},
-		HandlerTimeout:         env.Duration("PROCESSOR_HANDLER_TIMEOUT", 10*time.Second, 100*time.Millisecond, 10*time.Minute),
-		AcceptActorless:        env.Bool("PROCESSOR_ACCEPT_ACTORLESS", false),
-		OutboxPollInterval:     env.Duration("OUTBOX_POLL_INTERVAL", 100*time.Millisecond, time.Millisecond, time.Minute),
-		OutboxBatchSize:        env.Int("OUTBOX_BATCH_SIZE", 50, 1, 1000),
-		OperationRetention:     env.Duration("OPERATION_RETENTION", 720*time.Hour, time.Hour, 10*8760*time.Hour),
-		OperationPurgeInterval: env.Duration("OPERATION_PURGE_INTERVAL", 10*time.Minute, time.Second, 24*time.Hour),
+		HandlerTimeout:          env.Duration("PROCESSOR_HANDLER_TIMEOUT", 10*time.Second, 100*time.Millisecond, 10*time.Minute),
+		AcceptActorless:         env.Bool("PROCESSOR_ACCEPT_ACTORLESS", false),
+		OutboxPollInterval:      env.Duration("OUTBOX_POLL_INTERVAL", 100*time.Millisecond, time.Millisecond, time.Minute),
+		OutboxBatchSize:         env.Int("OUTBOX_BATCH_SIZE", 50, 1, 1000),
+		OperationRetention:      env.Duration("OPERATION_RETENTION", 720*time.Hour, time.Hour, 10*8760*time.Hour),
+		OperationPurgeInterval:  env.Duration("OPERATION_PURGE_INTERVAL", 10*time.Minute, time.Second, 24*time.Hour),
+		DeadLetterAuditInterval: env.Duration("PROCESSOR_DLQ_AUDIT_INTERVAL", time.Minute, 0, 24*time.Hour),
 	}
 	// Watermill's Retry ignores Multiplier unless MaxInterval is set; by
 	// default let the last wait reach InitialInterval * Multiplier^(n-2).

@@ -46,6 +46,25 @@ func TestOperationRetention(t *testing.T) {
 	}
 }
 
+// The dead-letter audit runs every minute by default; 0 turns it off.
+func TestDeadLetterAuditInterval(t *testing.T) {
+	for env, want := range map[string]time.Duration{"": time.Minute, "0": 0, "15s": 15 * time.Second} {
+		m := map[string]string{}
+		if env != "" {
+			m["PROCESSOR_DLQ_AUDIT_INTERVAL"] = env
+		}
+		if c, err := LoadConfig(config.FromMap(m)); err != nil || c.DeadLetterAuditInterval != want {
+			t.Errorf("%q: %s, %v; want %s", env, c.DeadLetterAuditInterval, err, want)
+		}
+	}
+	for _, bad := range []string{"-1s", "often", "48h"} {
+		_, err := LoadConfig(config.FromMap(map[string]string{"PROCESSOR_DLQ_AUDIT_INTERVAL": bad}))
+		if err == nil || !strings.Contains(err.Error(), "PROCESSOR_DLQ_AUDIT_INTERVAL") {
+			t.Errorf("%q: %v, want an error naming the variable", bad, err)
+		}
+	}
+}
+
 func TestBadConfigNamesTheVariable(t *testing.T) {
 	_, err := LoadConfig(config.FromMap(map[string]string{
 		"PROCESSOR_RETRY_MULTIPLIER": "-1", "PROCESSOR_SUBSCRIPTIONS": "lots", "SQS_COMMAND_QUEUE": "plain",

@@ -24,6 +24,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/omsdev/oms/pkg/logging"
+	"github.com/omsdev/oms/pkg/orderapp"
 	"github.com/omsdev/oms/pkg/orderpb"
 	"github.com/omsdev/oms/pkg/queue"
 )
@@ -88,7 +89,7 @@ func (a *applier) recordDeadLetters(h message.HandlerFunc) message.HandlerFunc {
 		// The last attempt's deadline has passed by now.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(msg.Context()), deadLetterRecordTimeout)
 		defer cancel()
-		if werr := a.app.GiveUp(ctx, cmd, err); werr != nil {
+		if werr := a.app.GiveUp(ctx, cmd, clientReason(err, cmd.ID)); werr != nil {
 			a.log.ErrorContext(logging.WithCorrelationID(ctx, cmd.CorrelationID),
 				"could not record a dead-lettered command's outcome; not dead-lettering it, SQS will redeliver it",
 				"command", cmd.Kind(), "command_id", cmd.ID, "order_id", cmd.OrderID, "reason", err.Error(), "err", werr)
@@ -98,6 +99,19 @@ func (a *applier) recordDeadLetters(h message.HandlerFunc) message.HandlerFunc {
 		}
 		return out, err
 	}
+}
+
+// clientReason is what a dead-lettered command's operation tells its
+// sender: the class of the failure and where the command now is, never
+// the error's own text, which may carry a panic's stack trace or the
+// database's words. That text stays in the logs and on the dead letter
+// (docs/operations.md, Dead letters), where operators read it.
+func clientReason(err error, commandID string) error {
+	if errors.Is(err, orderapp.ErrNotFound) {
+		return orderapp.ErrNotFound // answered NOT_FOUND, as GetOrder would
+	}
+	return fmt.Errorf("the command failed (%s) and was set aside in the dead-letter queue (command id %s); an operator can redrive it",
+		errorClass(err), commandID)
 }
 
 // deadLetter is what the tools show of one dead-letter message.

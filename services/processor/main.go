@@ -196,6 +196,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	go func() { errc <- relay.Run(rctx) }()
 	purger := operationPurger{store: store, retention: cfg.OperationRetention, every: cfg.OperationPurgeInterval, log: log}
 	go purger.Run(rctx)
+	if cfg.DeadLetterAuditInterval > 0 {
+		audit := &deadLetterAudit{sqs: client, dlq: urls.DeadLetter, commands: urls.Command, app: a.app, ops: store,
+			every: cfg.DeadLetterAuditInterval, log: log}
+		go audit.Run(rctx)
+	}
 	log.Info("processing", "queue", cfg.Queue.CommandQueue, "subscriptions", cfg.Subscriptions,
 		"visibility_timeout", vt, "retry_worst_case", cfg.Retry.WorstCase(cfg.HandlerTimeout))
 

@@ -42,6 +42,9 @@ func TestLoadConfig(t *testing.T) {
 		{map[string]string{"QUERY_MAX_PAGE_BYTES": "8388608"}, "QUERY_MAX_PAGE_BYTES"},
 		{map[string]string{"OPERATION_SECRET": ""}, "OPERATION_SECRET is required"},
 		{map[string]string{"OPERATION_SECRET": "short-secret-hunter2"}, "OPERATION_SECRET: must be at least 32 characters"},
+		// An HTTP wait would be cut off by the server's own timeouts.
+		{map[string]string{"QUERY_MAX_WAIT": "30s"}, `QUERY_MAX_WAIT="30s": must be below HTTP_READ_TIMEOUT and HTTP_WRITE_TIMEOUT (30s)`},
+		{map[string]string{"HTTP_WRITE_TIMEOUT": "5s"}, "QUERY_MAX_WAIT=\"\": must be below HTTP_READ_TIMEOUT and HTTP_WRITE_TIMEOUT (5s)"},
 	} {
 		_, err := LoadConfig(with(tc.vars))
 		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "hunter2") {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/base64"
+	"fmt"
 	"log/slog"
 	"reflect"
 	"strings"
@@ -93,6 +94,29 @@ func TestParseFilterErrors(t *testing.T) {
 		_, err := parseFilter(tc.filter)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseFilter(%q) = %v, want an error with %q", tc.filter, err, tc.want)
+		}
+	}
+}
+
+// A filter is bounded before it is parsed: the parser recurses per level
+// of nesting, and 400,000 parentheses (800 KB) overflowed the stack and
+// killed the process. Within the bound, the deepest nesting parses.
+func TestFilterSizeIsBoundedBeforeParsing(t *testing.T) {
+	t.Parallel()
+	term := `state = PAID`
+	depth := (maxFilterBytes - len(term)) / 2
+	deepest := strings.Repeat("(", depth) + term + strings.Repeat(")", depth)
+	if c, err := parseFilter(deepest); err != nil || c == nil {
+		t.Errorf("%d nested levels (%d bytes): %v, %v", depth, len(deepest), c, err)
+	}
+	for _, f := range []string{
+		strings.Repeat("(", 400000) + term + strings.Repeat(")", 400000),
+		deepest + " ",
+		strings.Repeat(`customer_id = "c" OR `, maxFilterBytes/20) + term,
+	} {
+		_, err := parseFilter(f)
+		if want := fmt.Sprintf("is %d bytes; at most %d are accepted", len(f), maxFilterBytes); err == nil || err.Error() != want {
+			t.Errorf("a filter of %d bytes: %v, want %q", len(f), err, want)
 		}
 	}
 }

@@ -80,6 +80,12 @@ func LoadConfig(env *config.Env) (Config, error) {
 	// page is cut before the order that passes it.
 	env.Check(c.MaxPageBytes+256<<10 <= c.GRPCMaxSendBytes, "QUERY_MAX_PAGE_BYTES",
 		"must be at least 256 KiB below GRPC_MAX_SEND_BYTES (%d)", c.GRPCMaxSendBytes)
+	// An HTTP wait (GetOrder min_version, an operation's :wait) must end
+	// before the server's own timeouts cut its answer off; only :watch
+	// streams lift them.
+	httpLimit := min(c.HTTP.ReadTimeout, c.HTTP.WriteTimeout)
+	env.Check(c.MaxWait < httpLimit, "QUERY_MAX_WAIT",
+		"must be below HTTP_READ_TIMEOUT and HTTP_WRITE_TIMEOUT (%s), or an HTTP wait is cut off", httpLimit)
 	c.OperationSecret = operation.LoadSecret(env, c.Guard.Auth.InsecureDevMode)
 	c.PageTokenSecret = []byte(env.Secret("QUERY_PAGE_TOKEN_SECRET", 32))
 	return c, env.Err()
@@ -184,7 +190,7 @@ func listen(ctx context.Context, cfg Config, log *slog.Logger, db *bun.DB) (*ser
 	// Watches end, with OK, when ctx does: Serve's drain starts then, and
 	// waits for every stream.
 	svc.changes = newChanges(follow, ctx.Done(), cfg)
-	ops := &operationsService{store: svc.store, secret: cfg.OperationSecret, follow: follow, maxWait: cfg.MaxWait, shutdown: ctx.Done()}
+	ops := &operationsService{store: svc.store, secret: cfg.OperationSecret, follow: follow, maxWait: cfg.MaxWait, shutdown: ctx.Done(), slots: svc.changes}
 	return serve.Listen(serve.API{
 		Name:               "query",
 		Settings:           cfg.Settings,

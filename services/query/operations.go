@@ -64,6 +64,9 @@ type operationsService struct {
 	// shutdown closes when the server begins to drain: waits end then,
 	// with the operation as it is, so they do not hold the drain up.
 	shutdown <-chan struct{}
+	// slots bounds waits per process and per caller, as it bounds watches:
+	// each holds a subscription and a registered watch. Nil: unbounded.
+	slots *changes
 }
 
 // opRef is an operation name as the caller sent it, parsed.
@@ -111,6 +114,14 @@ func (s *operationsService) WaitOperation(ctx context.Context, req *longrunningp
 	op, err := s.read(ctx, caller, ref)
 	if err != nil || op.Done || wait == 0 {
 		return op, err
+	}
+	// A wait holds what a watch does: it counts against the same limits.
+	if s.slots != nil {
+		release, err := s.slots.acquire(caller.ID())
+		if err != nil {
+			return nil, err
+		}
+		defer release()
 	}
 	// Subscribe and watch, then read again: an outcome that commits after
 	// the watch is announced to the subscription, not lost between the two.
@@ -172,6 +183,9 @@ func (s *operationsService) ListOperations(ctx context.Context, req *longrunning
 	}
 	if req.Name != "" && req.Name != "operations" {
 		return nil, badRequest("name", `must be "operations" (or empty)`)
+	}
+	if err := filterSize(req.Filter); err != nil {
+		return nil, badRequest("filter", err.Error())
 	}
 	f, err := filtering.ParseFilter(req, orderFilter)
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"fmt"
 	"log/slog"
 	"os"
 	"regexp"
@@ -266,9 +267,10 @@ func TestListOperationsPagesWithSignedTokens(t *testing.T) {
 		_, err := h.svc.ListOperations(opsAs(tc.p), &longrunningpb.ListOperationsRequest{Filter: tc.filter, PageToken: tc.page})
 		wantOpCode(t, what+" token", err, codes.InvalidArgument, "page_token")
 	}
-	for _, bad := range []string{"", `order = "x"`, `state = PAID`, `order = "orders/` + orderID + `" OR order = "orders/` + otherOrder + `"`, `order:*`, `order = `} {
+	for _, bad := range []string{"", `order = "x"`, `state = PAID`, `order = "orders/` + orderID + `" OR order = "orders/` + otherOrder + `"`, `order:*`, `order = `,
+		strings.Repeat("(", 400000) + `order = "orders/` + orderID + `"` + strings.Repeat(")", 400000)} {
 		_, err := h.svc.ListOperations(opsAs(opsShop), &longrunningpb.ListOperationsRequest{Filter: bad})
-		wantOpCode(t, "filter "+bad, err, codes.InvalidArgument, "filter")
+		wantOpCode(t, fmt.Sprintf("filter %.40s (%d bytes)", bad, len(bad)), err, codes.InvalidArgument, "filter")
 	}
 	_, err := h.svc.ListOperations(opsAs(opsShop), &longrunningpb.ListOperationsRequest{Name: "orders", Filter: filter})
 	wantOpCode(t, "name", err, codes.InvalidArgument, "name")

@@ -295,6 +295,12 @@ func (s *queryService) getMinVersion(ctx context.Context, req *omsv1.GetOrderReq
 	var w *following
 	wait := time.Duration(0) // without a feed: one read
 	if !done && err == nil && c != nil {
+		// A wait holds what a watch does: it counts against the same limits.
+		var release func()
+		if release, err = c.acquire(actor.ID); err != nil {
+			return nil, err
+		}
+		defer release()
 		if w, err = c.follow.follow(ctx, orderChangedChannel, id, id, c.maxWait); err != nil {
 			return nil, watchError(ctx, err)
 		}

@@ -414,6 +414,11 @@ func TestWatchOrderBounds(t *testing.T) {
 	closeA := mustOpen(actx, ida)
 	mustOpen(actx, ida)
 	wantExhausted(actx, ida, "QUERY_MAX_WATCHERS_PER_PRINCIPAL")
+	// A min_version wait holds what a watch does, and counts the same.
+	_, err := s.client.GetOrder(actx, &omsv1.GetOrderRequest{Name: "orders/" + ida, MinVersion: 99})
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "QUERY_MAX_WATCHERS_PER_PRINCIPAL") {
+		t.Fatalf("a min_version wait past the caller's limit: %v, want RESOURCE_EXHAUSTED", err)
+	}
 	mustOpen(bctx, idb)
 	wantExhausted(bctx, idb, "QUERY_MAX_WATCHERS")
 	if got := testutil.ToFloat64(watchers) - before; got != 3 {
@@ -466,7 +471,7 @@ UPDATE orders SET state = 'PAID', version = 2 WHERE id = ?`, s.app, id)
 // and write timeouts, which bound each line instead.
 func TestWatchOrderOverHTTP(t *testing.T) {
 	t.Parallel()
-	s := startWatchStack(t, map[string]string{"HTTP_READ_TIMEOUT": "300ms", "HTTP_WRITE_TIMEOUT": "300ms"})
+	s := startWatchStack(t, map[string]string{"HTTP_READ_TIMEOUT": "300ms", "HTTP_WRITE_TIMEOUT": "300ms", "QUERY_MAX_WAIT": "200ms"})
 	id, tok, _ := s.ownOrder()
 	s.change(id)
 

@@ -130,7 +130,9 @@ func run(ctx context.Context) error {
 		// Nobody reads the local notification queue: keep two minutes of it.
 		{name: "sqslocal", args: []string{"-addr", sqsAddr, "-max-retention", "2m"}, addr: sqsAddr},
 		{name: "processor", env: []string{"HTTP_ADDR=" + env("PROCESSOR_HTTP_ADDR", "127.0.0.1:8082")}, addr: env("PROCESSOR_HTTP_ADDR", "127.0.0.1:8082"), health: true},
-		{name: "ingest", env: []string{"HTTP_ADDR=" + env("INGEST_HTTP_ADDR", "127.0.0.1:8080"), "GRPC_ADDR=" + env("INGEST_GRPC_ADDR", "127.0.0.1:9090")}, addr: env("INGEST_HTTP_ADDR", "127.0.0.1:8080"), health: true},
+		{name: "ingest", env: []string{"HTTP_ADDR=" + env("INGEST_HTTP_ADDR", "127.0.0.1:8080"), "GRPC_ADDR=" + env("INGEST_GRPC_ADDR", "127.0.0.1:9090"),
+			// A 202's Location: the operation, on query.
+			"INGEST_OPERATIONS_URL=" + env("INGEST_OPERATIONS_URL", "http://"+env("QUERY_HTTP_ADDR", "127.0.0.1:8081"))}, addr: env("INGEST_HTTP_ADDR", "127.0.0.1:8080"), health: true},
 		{name: "query", env: []string{"HTTP_ADDR=" + env("QUERY_HTTP_ADDR", "127.0.0.1:8081"), "GRPC_ADDR=" + env("QUERY_GRPC_ADDR", "127.0.0.1:9091")}, addr: env("QUERY_HTTP_ADDR", "127.0.0.1:8081"), health: true},
 	}
 	// Fail on a taken port before starting anything.
