@@ -190,7 +190,7 @@ func listen(ctx context.Context, cfg Config, log *slog.Logger, db *bun.DB) (*ser
 	// Watches end, with OK, when ctx does: Serve's drain starts then, and
 	// waits for every stream.
 	svc.changes = newChanges(follow, ctx.Done(), cfg)
-	ops := &operationsService{store: svc.store, secret: cfg.OperationSecret, follow: follow, maxWait: cfg.MaxWait, shutdown: ctx.Done(), slots: svc.changes}
+	ops := &operationsService{store: svc.store, secret: cfg.OperationSecret, tokens: svc.tokens, follow: follow, maxWait: cfg.MaxWait, shutdown: ctx.Done(), slots: svc.changes}
 	return serve.Listen(serve.API{
 		Name:               "query",
 		Settings:           cfg.Settings,

@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -53,9 +50,10 @@ const (
 type operationsService struct {
 	longrunningpb.UnimplementedOperationsServer
 	store *orderstore.Store
-	// secret is OPERATION_SECRET: it verifies the names ingest issued, and
-	// signs this service's page tokens.
+	// secret is OPERATION_SECRET: it verifies the names ingest issued.
 	secret []byte
+	// tokens seals ListOperations' page tokens, as every list's.
+	tokens *pageTokens
 	// follow wakes WaitOperation when an outcome commits (follow.go); nil
 	// only re-reads on the backstop's backoff.
 	follow *follower
@@ -211,8 +209,13 @@ func (s *operationsService) ListOperations(ctx context.Context, req *longrunning
 		q.Principal = caller.ID()
 	}
 	if req.PageToken != "" {
-		if q.After, err = s.parsePageToken(req.PageToken, caller.ID(), orderID); err != nil {
+		pos, err := s.tokens.open(tokenListOperations, req, caller.ID())
+		if err != nil {
 			return nil, err
+		}
+		var ok bool
+		if q.After, ok = decodeOperationPosition(pos); !ok {
+			return nil, errTokenNotIssued
 		}
 	}
 	ops, err := s.store.ListOperations(ctx, q)
@@ -223,7 +226,7 @@ func (s *operationsService) ListOperations(ctx context.Context, req *longrunning
 	if len(ops) > size {
 		ops = ops[:size]
 		last := ops[size-1]
-		resp.NextPageToken = s.pageToken(caller.ID(), orderID, orderstore.OperationCursor{AcceptTime: last.AcceptTime, ID: last.ID})
+		resp.NextPageToken = s.tokens.seal(tokenListOperations, req, caller.ID(), operationPosition(orderstore.OperationCursor{AcceptTime: last.AcceptTime, ID: last.ID}))
 	}
 	// Every operation in the page is of the same order: the order now is
 	// read once for all those that were applied.
@@ -354,46 +357,18 @@ func timestamp(t time.Time) *timestamppb.Timestamp {
 	return timestamppb.New(t)
 }
 
-// Page tokens of ListOperations are opaque and signed: base64url of
-//
-//	version (1) | accept_time in µs (8) | operation id (16) | MAC (16)
-//
-// where the MAC is HMAC-SHA256 under OPERATION_SECRET of the caller's
-// principal, the order listed and the position, so a token can be neither
-// forged nor carried to another order or caller.
-const (
-	pageTokenVersion = 1
-	pageTokenBody    = 1 + 8 + 16
-	pageTokenMAC     = 16
-)
-
-func (s *operationsService) pageMAC(principal, orderID string, body []byte) []byte {
-	m := hmac.New(sha256.New, s.secret)
-	m.Write([]byte("oms-operations-page\x00"))
-	m.Write([]byte(principal))
-	m.Write([]byte{0})
-	m.Write([]byte(orderID))
-	m.Write([]byte{0})
-	m.Write(body)
-	return m.Sum(nil)[:pageTokenMAC]
+// operationPosition is where a page of operations ended: the keyset
+// cursor, sealed in a page token like every list's (pagetoken.go).
+func operationPosition(c orderstore.OperationCursor) []byte {
+	b := binary.BigEndian.AppendUint64(nil, uint64(c.AcceptTime.UnixMicro()))
+	return append(b, c.ID[:]...)
 }
 
-func (s *operationsService) pageToken(principal, orderID string, c orderstore.OperationCursor) string {
-	b := make([]byte, 0, pageTokenBody+pageTokenMAC)
-	b = append(b, pageTokenVersion)
-	b = binary.BigEndian.AppendUint64(b, uint64(c.AcceptTime.UnixMicro()))
-	b = append(b, c.ID[:]...)
-	b = append(b, s.pageMAC(principal, orderID, b)...)
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func (s *operationsService) parsePageToken(tok, principal, orderID string) (*orderstore.OperationCursor, error) {
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil || len(b) != pageTokenBody+pageTokenMAC || b[0] != pageTokenVersion ||
-		!hmac.Equal(s.pageMAC(principal, orderID, b[:pageTokenBody]), b[pageTokenBody:]) {
-		return nil, badRequest("page_token", "is not a token this service issued for this filter; start again without one")
+func decodeOperationPosition(b []byte) (*orderstore.OperationCursor, bool) {
+	if len(b) != 8+len(operation.Key{}) {
+		return nil, false
 	}
-	c := &orderstore.OperationCursor{AcceptTime: time.UnixMicro(int64(binary.BigEndian.Uint64(b[1:9]))).UTC()}
-	copy(c.ID[:], b[9:pageTokenBody])
-	return c, nil
+	c := &orderstore.OperationCursor{AcceptTime: time.UnixMicro(int64(binary.BigEndian.Uint64(b))).UTC()}
+	copy(c.ID[:], b[8:])
+	return c, inTimestampRange(c.AcceptTime)
 }

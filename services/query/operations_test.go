@@ -47,7 +47,7 @@ func newOpsHarness(t *testing.T) *opsHarness {
 	t.Cleanup(func() { cancel(); <-done })
 	store := orderstore.New(db)
 	return &opsHarness{t: t, db: db, svc: &operationsService{
-		store: store, secret: testOperationSecret, follow: newFollower(feed, store, slog.New(slog.DiscardHandler), 10*time.Second), maxWait: 10 * time.Second}}
+		store: store, secret: testOperationSecret, tokens: newPageTokens(pageTokenKey(nil, testOperationSecret, nil)), follow: newFollower(feed, store, slog.New(slog.DiscardHandler), 10*time.Second), maxWait: 10 * time.Second}}
 }
 
 func opsAs(p auth.Principal) context.Context {

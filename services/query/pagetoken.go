@@ -38,6 +38,7 @@ const (
 
 	tokenListOrders      byte = 'o'
 	tokenListOrderEvents byte = 'e'
+	tokenListOperations  byte = 'p'
 )
 
 // Tokens that cannot be read, or whose MAC does not verify.
