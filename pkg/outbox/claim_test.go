@@ -8,6 +8,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/omsdev/oms/pkg/dbtest"
+	"github.com/omsdev/oms/pkg/outbox"
 )
 
 // A claim's cost does not grow with the rows relayed before it. Relayed
@@ -34,12 +35,13 @@ func TestClaimCostStaysFlatAsRelayedRowsPileUp(t *testing.T) {
 			SELECT 'live' || g, 'q', 'live' || g, 'x' FROM generate_series(1, 10) g`)
 		var buffers int
 		for range 2 {
-			tx, err := db.BeginTx(ctx, nil)
+			tx, err := db.DB.BeginTx(ctx, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			var plan []byte
-			err = tx.QueryRowContext(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+claimStatement).Scan(&plan)
+			// The relay's own statement and arguments: a batch of 10.
+			err = tx.QueryRowContext(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+outbox.ClaimQuery, 10, 60000, "test").Scan(&plan)
 			tx.Rollback()
 			if err != nil {
 				t.Fatal(err)
@@ -68,9 +70,6 @@ func TestClaimCostStaysFlatAsRelayedRowsPileUp(t *testing.T) {
 		t.Errorf("a claim after 20,200 relayed rows costs %d buffers, after 200 %d: it grows with the rows relayed", many, few)
 	}
 }
-
-// claimStatement is what the relay runs to claim a batch.
-const claimStatement = `SELECT * FROM watermill_outbox_claim(10, 60000, 'test')`
 
 func exec(t *testing.T, db *bun.DB, query string, args ...any) {
 	t.Helper()

@@ -1,0 +1,5 @@
+package outbox
+
+// ClaimQuery is the statement a relay claims a batch with, for the tests
+// that measure it.
+const ClaimQuery = claimQuery
